@@ -1,0 +1,166 @@
+"""rtx-allocator: places unassigned allocations on live runners.
+
+Two loops share the process:
+
+* placement (woken by NOTIFY "<schema>.allocator": a new allocation, freed capacity, a runner that
+  joined or left; polls every ``allocator_poll_interval`` otherwise). One pass is one transaction:
+  claim pending rows (``FOR UPDATE SKIP LOCKED``), lock the live runners (``FOR UPDATE``, id order),
+  read what each runner already holds, let the strategy decide, write the assignments. Holding the
+  runner locks from the read of their usage to the commit of the assignments is what keeps the
+  invariant below with any number of allocators.
+* upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
+  stayed unschedulable past ``unschedulable_timeout``, prune finished rows after ``retention``.
+
+Invariant: for every runner, the slots, cpu and memory of its assigned + running allocations never
+exceed its capacity. Only a placement pass adds to that sum, and it does so under the row lock of
+the runner, after reading the committed sum under that same lock (READ COMMITTED takes a new
+snapshot per statement, after the lock is granted). Everything else only subtracts.
+
+If an allocator dies mid-pass, its transaction rolls back: its claims and locks vanish with it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+
+import structlog
+
+from allocator.model import Request, RunnerState
+from allocator.strategies import get_strategy
+from runtime_executor.db.connection import Database
+from runtime_executor.loop import Listener, Loop
+from runtime_executor.settings import Settings
+
+log = structlog.get_logger("rtx.allocator")
+
+PRUNE_EVERY = 60.0
+
+
+class Allocator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.strategy = get_strategy(settings.strategy)
+        self.name = f"rtx-allocator@{socket.gethostname()}:{os.getpid()}"
+        self._placement_db = Database(settings, self.name)
+        self._upkeep_db = Database(settings, self.name + "-upkeep")
+        self.placement = Loop("placement", self.place_pass, settings.allocator_poll_interval)
+        self.upkeep = Loop("upkeep", self.upkeep_pass, settings.heartbeat_interval)
+        self.listener = Listener(settings, self.name + "-listen")
+        self.listener.subscribe("allocator", [lambda _payload: self.placement.wake()])
+        self._last_prune = 0.0
+        self.placed_total = 0
+        self._stopped = threading.Event()
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        log.info("allocator starting", strategy=self.strategy.name, allocator=self.name)
+        self.listener.start()
+        self.placement.start()
+        self.upkeep.start()
+
+    def stop(self) -> None:
+        """Finish the current pass (its transaction commits or rolls back), then stop."""
+        self.listener.stop()
+        self.placement.stop(timeout=30)
+        self.upkeep.stop(timeout=30)
+        self._placement_db.close()
+        self._upkeep_db.close()
+        self._stopped.set()
+        log.info("allocator stopped", allocator=self.name, placed=self.placed_total)
+
+    # -- placement ------------------------------------------------------------------------------
+    def place_pass(self) -> bool:
+        """One placement pass; True when a full batch was placed (run again at once)."""
+        limit = self.settings.allocator_batch_size
+        started = time.perf_counter()
+        with self._placement_db.transaction() as gw:
+            claimed = gw.claim_unassigned(limit)
+            if not claimed:
+                return False
+            runner_rows = gw.lock_live_runners()
+            held = {str(r["runner_id"]): r for r in gw.runner_reservations([r["id"] for r in runner_rows])}
+            runners = [_runner_state(r, held.get(str(r["id"]))) for r in runner_rows]
+            requests = [
+                Request(
+                    id=str(r["id"]),
+                    queue=r["queue"],
+                    slots=r["slots"],
+                    cpu=r["cpu"],
+                    memory_mb=r["memory_mb"],
+                    priority_weight=r["priority_weight"],
+                )
+                for r in claimed
+            ]
+            result = self.strategy.place(requests, runners)
+            if result.placements:
+                gw.assign([p.request_id for p in result.placements], [p.runner_id for p in result.placements])
+            if result.unschedulable:
+                for row in gw.mark_unschedulable(result.unschedulable):
+                    log.warning(
+                        "allocation unschedulable",
+                        allocation_id=str(row["id"]),
+                        dag_id=row["dag_id"],
+                        task_id=row["task_id"],
+                        run_id=row["run_id"],
+                        reason=row["unschedulable_reason"],
+                    )
+            now_schedulable = [
+                str(r["id"]) for r in claimed if r["unschedulable_reason"] and str(r["id"]) not in result.unschedulable
+            ]
+            if now_schedulable:
+                gw.clear_unschedulable(now_schedulable)
+        self.placed_total += len(result.placements)
+        if result.placements:
+            log.debug(
+                "placement pass",
+                placed=len(result.placements),
+                claimed=len(claimed),
+                reserved=len(result.reservations),
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        per_queue = Counter(r["queue"] for r in claimed)
+        return bool(result.placements) and max(per_queue.values()) >= limit
+
+    # -- upkeep ---------------------------------------------------------------------------------
+    def upkeep_pass(self) -> bool:
+        with self._upkeep_db.transaction() as gw:
+            for row in gw.rescue_expired_runners():
+                if row["outcome"] == "runner":
+                    log.warning("runner lost: lease expired", runner=row["runner_name"])
+                elif row["outcome"] == "returned":
+                    log.info("allocation returned to the pool", allocation_id=str(row["id"]), runner=row["runner_name"])
+                else:
+                    log.warning("allocation lost with its runner", allocation_id=str(row["id"]), runner=row["runner_name"])
+        with self._upkeep_db.transaction() as gw:
+            for row in gw.fail_unschedulable(self.settings.unschedulable_timeout):
+                log.error(
+                    "allocation failed: unschedulable",
+                    allocation_id=str(row["id"]),
+                    dag_id=row["dag_id"],
+                    task_id=row["task_id"],
+                    reason=row["reason"],
+                )
+        if time.monotonic() - self._last_prune > PRUNE_EVERY:
+            with self._upkeep_db.transaction() as gw:
+                pruned = gw.prune_finished(self.settings.retention)
+            self._last_prune = time.monotonic()
+            if pruned:
+                log.info("pruned finished allocations", count=pruned)
+        return False
+
+
+def _runner_state(row: dict, held: dict | None) -> RunnerState:
+    return RunnerState(
+        id=str(row["id"]),
+        queues=frozenset(row["queues"]),
+        slots=row["slots"],
+        cpu=row["cpu"],
+        memory_mb=row["memory_mb"],
+        used_slots=int(held["slots"]) if held else 0,
+        used_cpu=float(held["cpu"]) if held else 0.0,
+        used_memory_mb=int(held["memory_mb"]) if held else 0,
+    )

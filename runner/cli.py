@@ -1,0 +1,60 @@
+"""``rtx-runner serve``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import psutil
+
+from runtime_executor.daemon import (
+    check_database,
+    common_options,
+    fail,
+    serve_until_signal,
+    settings_from_cli,
+)
+from runtime_executor.resources import BadResourceRequest, parse_cpu, parse_memory_mb
+
+
+@click.group()
+def main() -> None:
+    """rtx runner: runs the tasks the allocator assigns to it."""
+
+
+@main.command()
+@common_options
+@click.option("--slots", type=click.IntRange(1, 100000), default=16, show_default=True, help="Concurrency slots.")
+@click.option("--cpu", default=None, help="Cores to offer (default: cores of the host).")
+@click.option("--memory", default=None, help="Memory to offer in MB, or with a unit: 8192, 8GiB (default: RAM of the host).")
+@click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable; default: default).")
+@click.option("--name", default=None, help="Display name (default host:pid). The id is fresh for every process.")
+@click.option("--execution-api-url", default=None, help="Airflow Execution API (default: Airflow's [core] execution_api_server_url).")
+@click.option("--heartbeat-interval", type=float, default=None, help="Seconds between lease renewals.")
+@click.option("--lease-timeout", type=float, default=None, help="Seconds without a heartbeat before the runner is lost.")
+@click.option("--drain-timeout", type=float, default=None, help="Seconds SIGTERM waits for running tasks before stopping them.")
+@click.option("--poll-interval", "runner_poll_interval", type=float, default=None, help="Seconds between polls when no NOTIFY arrives.")
+def serve(slots, cpu, memory, queues, name, execution_api_url, **options) -> None:
+    """Run assigned tasks until SIGTERM, then drain."""
+    from runner.service import Capacity, Runner
+
+    settings = settings_from_cli(**options)
+    try:
+        capacity = Capacity(
+            slots=slots,
+            cpu=parse_cpu(cpu, key="--cpu") if cpu is not None else float(os.cpu_count() or 1),
+            memory_mb=parse_memory_mb(memory, key="--memory")
+            if memory is not None
+            else psutil.virtual_memory().total // 2**20,
+        )
+    except BadResourceRequest as exc:
+        fail(str(exc))
+    check_database(settings, "rtx-runner")
+    # The runner's own database URL is never handed to a task process (or its environment).
+    os.environ.pop("RTX_DATABASE_URL", None)
+    runner = Runner(settings, capacity, list(queues) or ["default"], name=name, server_url=execution_api_url)
+    try:
+        runner.start()
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+        fail(f"runner could not start: {exc}")
+    serve_until_signal(lambda: None, runner.drain_and_stop)

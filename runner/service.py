@@ -1,0 +1,394 @@
+"""rtx-runner: registers, heartbeats, runs what the allocator assigned to it, reports outcomes.
+
+Lease and fencing
+-----------------
+The runner holds a lease: ``runners.lease_expires_at``, renewed by every heartbeat to
+``now() + lease_timeout`` on the database clock. Locally it keeps ``lease_valid_until`` =
+(monotonic time the heartbeat was *sent*) + lease_timeout, which is never later than the database's
+view. From that:
+
+* it starts a task only while ``lease_valid_until`` is more than one heartbeat interval away;
+* once ``lease_valid_until`` passes (the database is unreachable), it kills every task it runs
+  (fencing): by then the allocator may have declared it lost and Airflow may retry the tasks
+  elsewhere, so they must not run twice;
+* a heartbeat that finds its row no longer active/draining means it was declared lost: it kills its
+  tasks and registers again under a fresh id.
+
+Every allocation write is guarded by ``runner_id = me`` and the state it comes from, so a runner
+presumed dead can never overwrite a rescue.
+
+States of a runner row: active -> draining -> stopped, and active | draining -> lost (rescue).
+
+Outcomes
+--------
+A task's exit is queued in memory and written by the work loop; while the database is away the
+queue keeps it and the loop retries with backoff, so nothing is lost by an outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import psutil
+import structlog
+
+from runner import task_entry
+from runtime_executor.db.connection import Database
+from runtime_executor.loop import Listener, Loop
+from runtime_executor.settings import Settings
+
+log = structlog.get_logger("rtx.runner")
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when the runner stops a task
+
+
+@dataclass(frozen=True)
+class Capacity:
+    slots: int
+    cpu: float
+    memory_mb: int
+
+
+@dataclass
+class TaskHandle:
+    allocation_id: str
+    runner_id: str
+    label: str
+    process: multiprocessing.process.BaseProcess
+    started: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None
+    term_sent_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    allocation_id: str
+    runner_id: str
+    state: str
+    exit_code: int | None
+    reason: str | None
+
+
+def describe_exit(code: int | None, stop_reason: str | None) -> tuple[str, str | None]:
+    """(state, reason) for a task process's exit code (negative = killed by that signal)."""
+    if code == 0 and stop_reason is None:
+        return "succeeded", None
+    if code is None:
+        detail = "task process vanished"
+    elif code < 0:
+        detail = f"task process killed by signal {signal.Signals(-code).name}"
+    else:
+        detail = f"task process exited with code {code}"
+    return "failed", f"{stop_reason}: {detail}" if stop_reason else detail
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        capacity: Capacity,
+        queues: list[str],
+        *,
+        name: str | None = None,
+        server_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.capacity = capacity
+        self.queues = queues
+        self.hostname = socket.gethostname()
+        self.name = name or f"{self.hostname}:{os.getpid()}"
+        self.server_url = server_url
+        self.runner_id = str(uuid.uuid4())
+        self.draining = False
+        self.lease_valid_until = 0.0
+        self._tasks: dict[str, TaskHandle] = {}
+        self._tasks_lock = threading.Lock()
+        self._outcomes: deque[Outcome] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        app = f"rtx-runner:{self.name}"
+        self._work_db = Database(settings, app)
+        self._heartbeat_db = Database(settings, app + "-heartbeat")
+        self._control_db = Database(settings, app + "-control")  # start-up and drain, main thread
+        self.work = Loop("work", self.work_tick, settings.runner_poll_interval)
+        self.heartbeat = Loop(
+            "heartbeat", self.heartbeat_tick, settings.heartbeat_interval, max_backoff=settings.heartbeat_interval
+        )
+        self.reaper = Loop("reaper", self.reap_tick, 0.0)
+        self.listener = Listener(settings, app + "-listen")
+        self.listener.subscribe("runner", [self._on_notify])
+        self._task_entry = task_entry.entry_point()
+        self._mp = multiprocessing.get_context("forkserver")
+        self._mp.set_forkserver_preload(task_entry.preload_modules())
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        # Warm the fork server now (it imports Airflow's supervisor once), not on the first task.
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+        self._register(self._control_db)
+        self.listener.start()
+        self.heartbeat.start()
+        self.reaper.start()
+        self.work.start()
+
+    def _register(self, db: Database) -> None:
+        sent = time.monotonic()
+        with db.transaction() as gw:
+            gw.register_runner(
+                id=self.runner_id,
+                name=self.name,
+                hostname=self.hostname,
+                pid=os.getpid(),
+                queues=self.queues,
+                slots=self.capacity.slots,
+                cpu=self.capacity.cpu,
+                memory_mb=self.capacity.memory_mb,
+                version=_version(),
+                lease_timeout=self.settings.lease_timeout,
+            )
+        self.lease_valid_until = sent + self.settings.lease_timeout
+        log.info(
+            "runner registered",
+            runner_id=self.runner_id,
+            runner=self.name,
+            queues=self.queues,
+            slots=self.capacity.slots,
+            cpu=self.capacity.cpu,
+            memory_mb=self.capacity.memory_mb,
+        )
+
+    def drain_and_stop(self, timeout: float | None = None) -> None:
+        """SIGTERM: take nothing new, give back what has not started, wait for running tasks up to
+        ``drain_timeout``, then stop them, report every outcome and deregister."""
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        self.draining = True
+        log.info("runner draining", runner_id=self.runner_id, running=len(self._tasks), timeout=timeout)
+        self._set_state(self._control_db, "draining", ["active"], release=True)
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self._tasks:
+            self._stop_all(f"runner stopped after a drain timeout of {timeout:g} s")
+        while self._tasks and time.monotonic() < deadline + KILL_GRACE + 5:
+            time.sleep(0.1)
+        flush_deadline = time.monotonic() + max(self.settings.lease_timeout, 5.0)
+        while self._outcomes and time.monotonic() < flush_deadline:
+            self.work.wake()
+            time.sleep(0.1)
+        self.listener.stop()
+        self.work.stop()
+        self.heartbeat.stop()
+        self.reaper.stop()
+        self._set_state(self._control_db, "stopped", ["active", "draining"], release=True)
+        for db in (self._work_db, self._heartbeat_db, self._control_db):
+            db.close()
+        if self._outcomes:
+            log.error("runner stopped with unreported outcomes", count=len(self._outcomes))
+        log.info("runner stopped", runner_id=self.runner_id)
+
+    def _set_state(self, db: Database, to_state: str, from_states: list[str], *, release: bool) -> None:
+        try:
+            with db.transaction() as gw:
+                gw.set_runner_state(self.runner_id, to_state, from_states)
+                if release:
+                    for allocation_id in gw.release_assigned(self.runner_id):
+                        log.info("allocation given back", allocation_id=allocation_id, runner_id=self.runner_id)
+        except Exception as exc:  # noqa: BLE001 - the lease expiry does the same job if the database is away
+            log.warning("could not update runner state", to_state=to_state, error=str(exc))
+
+    # -- wake-ups -------------------------------------------------------------------------------
+    def _on_notify(self, payload: str) -> None:
+        if not payload or payload == self.runner_id:
+            self.work.wake()
+            self.heartbeat.wake()  # a state change (drain/resume) is seen by the heartbeat
+
+    def _wake_reaper(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    # -- heartbeat ------------------------------------------------------------------------------
+    def heartbeat_tick(self) -> bool:
+        sent = time.monotonic()
+        usage = {
+            "host_cpu_percent": psutil.cpu_percent(interval=None),
+            "host_memory_used_mb": (psutil.virtual_memory().total - psutil.virtual_memory().available) // 2**20,
+        }
+        with self._heartbeat_db.transaction() as gw:
+            state = gw.heartbeat_runner(self.runner_id, self.settings.lease_timeout, **usage)
+        if state is None:
+            self._on_declared_lost()
+            return False
+        self.lease_valid_until = sent + self.settings.lease_timeout
+        if state == "draining" and not self.draining:
+            log.info("runner drain requested", runner_id=self.runner_id)
+            self.draining = True
+            self._set_state(self._heartbeat_db, "draining", ["draining"], release=True)
+        elif state == "active" and self.draining:
+            log.info("runner resumed", runner_id=self.runner_id)
+            self.draining = False
+            self.work.wake()
+        return False
+
+    def _on_declared_lost(self) -> None:
+        """Our row is no longer live: the allocator rescued our work. Fence, then start afresh."""
+        old = self.runner_id
+        self._stop_all("runner was declared lost (lease expired); fencing its tasks")
+        self.runner_id = str(uuid.uuid4())
+        log.warning("runner was declared lost; registering again", old_runner_id=old, runner_id=self.runner_id)
+        self._register(self._heartbeat_db)
+        self.work.wake()
+
+    # -- work -----------------------------------------------------------------------------------
+    def can_start(self) -> bool:
+        return not self.draining and time.monotonic() < self.lease_valid_until - self.settings.heartbeat_interval
+
+    def work_tick(self) -> bool:
+        self._flush_outcomes()
+        with self._work_db.transaction() as gw:
+            cancelled = gw.cancel_requested_on_runner(self.runner_id)
+        for allocation_id in cancelled:
+            self._stop(allocation_id, "revoked by the scheduler")
+        if not self.can_start():
+            return False
+        with self._work_db.transaction() as gw:
+            assigned = gw.assigned_to_runner(self.runner_id)
+        for allocation_id in assigned:
+            if not self.can_start():
+                break
+            with self._work_db.transaction() as gw:
+                row = gw.start_allocation(allocation_id, self.runner_id)
+            if row is not None:
+                self._spawn(allocation_id, row)
+        return False
+
+    def _spawn(self, allocation_id: str, row: dict) -> None:
+        label = (
+            f"{row['dag_id']}.{row['task_id']} run={row['run_id']} try={row['try_number']}"
+            if row["kind"] == "task"
+            else f"callback {row['callback_id']}"
+        )
+        env = {"RTX_ALLOCATION_ID": allocation_id, "RTX_RUNNER_ID": self.runner_id}
+        try:
+            process = self._mp.Process(
+                target=task_entry.run,
+                args=(self._task_entry, row["workload"], env, self.server_url, f"rtx task: {label}"),
+                name=f"rtx-task-{allocation_id}",
+            )
+            process.start()
+        except Exception as exc:  # noqa: BLE001 - a task that cannot start fails alone
+            log.exception("could not start task process", allocation_id=allocation_id)
+            self._outcomes.append(
+                Outcome(allocation_id, self.runner_id, "failed", None, f"could not start task process: {exc}")
+            )
+            self.work.wake()
+            return
+        with self._tasks_lock:
+            self._tasks[allocation_id] = TaskHandle(allocation_id, self.runner_id, label, process)
+        self._wake_reaper()
+        try:
+            with self._work_db.transaction() as gw:
+                gw.set_allocation_pid(allocation_id, self.runner_id, process.pid)
+        except Exception:  # noqa: BLE001 - the pid is informational
+            log.warning("could not record task pid", allocation_id=allocation_id)
+        log.info("task started", allocation_id=allocation_id, runner_id=self.runner_id, task=label, pid=process.pid)
+
+    def _flush_outcomes(self) -> None:
+        while self._outcomes:
+            outcome = self._outcomes[0]
+            with self._work_db.transaction() as gw:
+                state = gw.finish_allocation(
+                    outcome.allocation_id, outcome.runner_id, outcome.state, outcome.exit_code, outcome.reason
+                )
+            self._outcomes.popleft()
+            if state is None:
+                log.warning(
+                    "outcome not recorded: allocation no longer running on this runner (rescued)",
+                    allocation_id=outcome.allocation_id,
+                    runner_id=outcome.runner_id,
+                )
+            else:
+                log.info(
+                    "task finished",
+                    allocation_id=outcome.allocation_id,
+                    runner_id=outcome.runner_id,
+                    state=state,
+                    exit_code=outcome.exit_code,
+                    reason=outcome.reason,
+                )
+
+    # -- reaper: exits, stop escalation and fencing (no database here) ---------------------------
+    def reap_tick(self) -> bool:
+        with self._tasks_lock:
+            handles = {h.process.sentinel: h for h in self._tasks.values()}
+        ready = multiprocessing.connection.wait([*handles, self._wake_r], timeout=0.5)
+        for sentinel in ready:
+            if sentinel == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            handle = handles[sentinel]
+            handle.process.join(0)
+            state, reason = describe_exit(handle.process.exitcode, handle.stop_reason)
+            self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, handle.process.exitcode, reason))
+            with self._tasks_lock:
+                self._tasks.pop(handle.allocation_id, None)
+            handle.process.close()
+        if any(sentinel != self._wake_r for sentinel in ready):
+            self.work.wake()
+        now = time.monotonic()
+        if self._tasks and now > self.lease_valid_until:
+            self._stop_all("runner could not renew its lease; stopping its tasks so they never run twice")
+        for handle in list(self._tasks.values()):
+            if handle.term_sent_at is not None and now - handle.term_sent_at > KILL_GRACE:
+                _signal_group(handle.process.pid, signal.SIGKILL)
+        return True
+
+    def _stop(self, allocation_id: str, reason: str) -> None:
+        with self._tasks_lock:
+            handle = self._tasks.get(allocation_id)
+        if handle is None or handle.term_sent_at is not None:
+            return
+        handle.stop_reason = reason
+        handle.term_sent_at = time.monotonic()
+        log.warning("stopping task", allocation_id=allocation_id, runner_id=handle.runner_id, reason=reason)
+        _signal_group(handle.process.pid, signal.SIGTERM)
+        self._wake_reaper()
+
+    def _stop_all(self, reason: str) -> None:
+        for allocation_id in list(self._tasks):
+            self._stop(allocation_id, reason)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._tasks)
+
+
+def _signal_group(pid: int | None, sig: signal.Signals) -> None:
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, sig)  # the task process leads its own group (setsid in the child)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)  # not yet its own group leader
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rtx-runtime-executor")
+    except Exception:  # noqa: BLE001
+        return "unknown"

@@ -1,0 +1,47 @@
+"""What runs first in every task process the runner's fork server forks.
+
+Kept free of Airflow imports so the runner's own process never loads Airflow; the fork server
+preloads the task module (``runner.task_process``, which imports Airflow's supervisor) instead.
+
+``RTX_TASK_ENTRY=module:function`` replaces the Airflow task with another function of the same
+signature. It exists for rtx's own tests and benchmarks (a task that only records its start, sleeps
+or exits with a given code); production runners leave it unset.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+from collections.abc import Callable
+
+DEFAULT_ENTRY = "runner.task_process:run"
+
+# Never handed to a task: the runner's own database URL.
+PRIVATE_ENV = ("RTX_DATABASE_URL",)
+
+TaskFunction = Callable[[str, dict[str, str], "str | None", str], None]
+
+
+def entry_point() -> str:
+    return os.environ.get("RTX_TASK_ENTRY") or DEFAULT_ENTRY
+
+
+def preload_modules() -> list[str]:
+    return [entry_point().split(":", 1)[0]]
+
+
+def resolve(entry: str) -> TaskFunction:
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name or "run")
+
+
+def run(entry: str, workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
+    """Child entry point: own process group, clean environment, then the task function."""
+    os.setsid()  # the runner signals the whole tree with killpg(pid)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for name in PRIVATE_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    resolve(entry)(workload_json, env, server, proctitle)

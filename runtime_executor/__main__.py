@@ -1,0 +1,3 @@
+from runtime_executor.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Database access: the one gateway (``Gateway``), connections (``Database``) and migrations."""

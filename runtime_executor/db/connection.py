@@ -1,0 +1,79 @@
+"""Connections for the daemons, the shim's own reads and the CLI.
+
+Each background loop owns one ``Database`` (one connection, opened lazily). When the server goes
+away the connection is dropped and the next use reconnects; the loop that called backs off
+(see ``runtime_executor.loop``). Passwords never reach a log line: errors are re-raised with
+``redact_url`` applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from runtime_executor.db.gateway import Gateway
+from runtime_executor.settings import Settings, redact_url
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached; the message is safe to log (no password)."""
+
+
+def connect(settings: Settings, application_name: str, *, autocommit: bool = True) -> psycopg.Connection:
+    if not settings.database_url:
+        raise DatabaseUnavailable(
+            "no database configured: set RTX_DATABASE_URL (or --database-url) or Airflow's "
+            "[database] sql_alchemy_conn"
+        )
+    try:
+        return psycopg.Connection.connect(
+            settings.database_url,
+            autocommit=autocommit,
+            application_name=application_name,
+            connect_timeout=5,
+            # notice a dead peer within ~15 s even while idle
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
+    except psycopg.Error as exc:
+        message = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_url(settings.database_url)}: {message}"
+        ) from None
+
+
+class Database:
+    """One lazily (re)opened connection and the gateway over it."""
+
+    def __init__(self, settings: Settings, application_name: str) -> None:
+        self.settings = settings
+        self.application_name = application_name
+        self._conn: psycopg.Connection | None = None
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.settings, self.application_name)
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Gateway]:
+        """One transaction; commits on success. A lost connection is closed so the next call reconnects."""
+        conn = self.connection
+        try:
+            with conn.transaction():
+                yield Gateway(conn, self.settings.schema)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

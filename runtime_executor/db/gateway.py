@@ -1,0 +1,168 @@
+"""The one gateway to rtx's tables. Every SQL statement is a named file in ``queries/``.
+
+``Gateway`` wraps any DB-API connection whose cursors take ``%(name)s`` parameters: a psycopg 3
+connection of a daemon, or the raw connection under the scheduler's SQLAlchemy session (so the
+shim's insert commits in the scheduler's own transaction). The caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+Row = dict[str, Any]
+
+
+@functools.cache
+def _raw_query(name: str) -> str:
+    return resources.files("runtime_executor.db").joinpath("queries", f"{name}.sql").read_text()
+
+
+@functools.cache
+def query(name: str, schema: str) -> str:
+    """The SQL of ``queries/<name>.sql`` for ``schema`` (validated, so it is safe to splice in)."""
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"schema={schema!r} must be a lower-case SQL identifier")
+    return _raw_query(name).replace("{schema}", f'"{schema}"')
+
+
+class Gateway:
+    def __init__(self, conn: Any, schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def fetch(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(query(name, self.schema), params or {})
+            if cur.description is None:
+                return []
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def execute(self, name: str, params: Mapping[str, Any] | None = None) -> int:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(query(name, self.schema), params or {})
+            return cur.rowcount
+        finally:
+            cur.close()
+
+    def notify(self, channel: str) -> None:
+        cur = self.conn.cursor()
+        try:
+            cur.execute("SELECT pg_notify(%(channel)s, '')", {"channel": f"{self.schema}.{channel}"})
+        finally:
+            cur.close()
+
+    # -- shim -----------------------------------------------------------------------------------
+    def insert_allocation(self, **row: Any) -> int:
+        return self.execute("insert_allocation", row)
+
+    def report_outcomes(self, job_id: int | None) -> list[Row]:
+        return self.fetch("report_outcomes", {"job_id": job_id})
+
+    def cancel_allocations(self, ids: Sequence[str]) -> list[Row]:
+        return self.fetch("cancel_allocations", {"ids": list(ids)})
+
+    def adopt_allocations(self, ids: Sequence[str], job_id: int | None) -> list[Row]:
+        return self.fetch("adopt_allocations", {"ids": list(ids), "job_id": job_id})
+
+    def tracked_allocations(self, ids: Sequence[str]) -> set[str]:
+        return {str(r["id"]) for r in self.fetch("tracked_allocations", {"ids": list(ids)})}
+
+    # -- allocator ------------------------------------------------------------------------------
+    def lock_live_runners(self) -> list[Row]:
+        return self.fetch("lock_live_runners")
+
+    def runner_reservations(self, runner_ids: Sequence[str]) -> list[Row]:
+        return self.fetch("runner_reservations", {"runner_ids": list(runner_ids)})
+
+    def claim_unassigned(self, limit: int) -> list[Row]:
+        return self.fetch("claim_unassigned", {"limit": limit})
+
+    def assign(self, ids: Sequence[str], runner_ids: Sequence[str]) -> int:
+        return self.execute("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})
+
+    def mark_unschedulable(self, reasons: Mapping[str, str]) -> list[Row]:
+        return self.fetch(
+            "mark_unschedulable", {"ids": list(reasons), "reasons": list(reasons.values())}
+        )
+
+    def clear_unschedulable(self, ids: Sequence[str]) -> int:
+        return self.execute("clear_unschedulable", {"ids": list(ids)})
+
+    def fail_unschedulable(self, timeout: float) -> list[Row]:
+        return self.fetch("fail_unschedulable", {"timeout": timeout})
+
+    def rescue_expired_runners(self) -> list[Row]:
+        return self.fetch("rescue_expired_runners")
+
+    def prune_finished(self, retention: float) -> int:
+        return self.fetch("prune_finished", {"retention": retention})[0]["count"]
+
+    # -- runner ---------------------------------------------------------------------------------
+    def register_runner(self, **row: Any) -> None:
+        self.execute("register_runner", row)
+
+    def heartbeat_runner(self, runner_id: str, lease_timeout: float, **usage: Any) -> str | None:
+        rows = self.fetch(
+            "heartbeat_runner",
+            {
+                "runner_id": runner_id,
+                "lease_timeout": lease_timeout,
+                "host_cpu_percent": usage.get("host_cpu_percent"),
+                "host_memory_used_mb": usage.get("host_memory_used_mb"),
+            },
+        )
+        return rows[0]["state"] if rows else None
+
+    def set_runner_state(self, runner_id: str, to_state: str, from_states: Sequence[str]) -> bool:
+        rows = self.fetch(
+            "set_runner_state",
+            {"runner_id": runner_id, "to_state": to_state, "from_states": list(from_states)},
+        )
+        return bool(rows)
+
+    def assigned_to_runner(self, runner_id: str) -> list[str]:
+        return [str(r["id"]) for r in self.fetch("assigned_to_runner", {"runner_id": runner_id})]
+
+    def start_allocation(self, allocation_id: str, runner_id: str) -> Row | None:
+        rows = self.fetch("start_allocation", {"id": allocation_id, "runner_id": runner_id})
+        return rows[0] if rows else None
+
+    def set_allocation_pid(self, allocation_id: str, runner_id: str, pid: int) -> None:
+        self.execute("set_allocation_pid", {"id": allocation_id, "runner_id": runner_id, "pid": pid})
+
+    def finish_allocation(
+        self, allocation_id: str, runner_id: str, state: str, exit_code: int | None, reason: str | None
+    ) -> str | None:
+        rows = self.fetch(
+            "finish_allocation",
+            {"id": allocation_id, "runner_id": runner_id, "state": state, "exit_code": exit_code, "reason": reason},
+        )
+        return rows[0]["state"] if rows else None
+
+    def release_assigned(self, runner_id: str) -> list[str]:
+        return [str(r["id"]) for r in self.fetch("release_assigned", {"runner_id": runner_id})]
+
+    def cancel_requested_on_runner(self, runner_id: str) -> list[str]:
+        return [str(r["id"]) for r in self.fetch("cancel_requested_on_runner", {"runner_id": runner_id})]
+
+    # -- status ---------------------------------------------------------------------------------
+    def status_runners(self, recent: float = 300.0) -> list[Row]:
+        return self.fetch("status_runners", {"recent": recent})
+
+    def status_allocations(self, limit: int = 1000) -> list[Row]:
+        return self.fetch("status_allocations", {"limit": limit})
+
+    def count_by_state(self) -> list[Row]:
+        return self.fetch("count_by_state")

@@ -1,0 +1,136 @@
+-- rtx schema, version 1. "{schema}" is replaced by the validated, quoted schema name.
+--
+-- Allocation life cycle (every change is one guarded UPDATE, see db/queries):
+--   unassigned -> assigned -> running -> succeeded | failed
+--   unassigned | assigned -> cancelled          (revoked before it ran)
+--   running -> lost                             (its runner's lease expired)
+--   assigned -> unassigned                      (runner lost or draining before it started the task)
+--   unassigned -> failed                        (bad or unschedulable request)
+
+CREATE TABLE {schema}.runners (
+    id                uuid PRIMARY KEY,
+    name              text NOT NULL,
+    hostname          text NOT NULL,
+    pid               integer NOT NULL,
+    queues            text[] NOT NULL,
+    slots             integer NOT NULL CHECK (slots > 0),
+    cpu               double precision NOT NULL CHECK (cpu >= 0),
+    memory_mb         bigint NOT NULL CHECK (memory_mb >= 0),
+    state             text NOT NULL DEFAULT 'active'
+                      CHECK (state IN ('active', 'draining', 'stopped', 'lost')),
+    version           text NOT NULL DEFAULT '',
+    started_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    lease_expires_at  timestamptz NOT NULL,
+    stopped_at        timestamptz,
+    host_cpu_percent  double precision,
+    host_memory_used_mb bigint
+);
+CREATE INDEX runners_live ON {schema}.runners (lease_expires_at) WHERE state IN ('active', 'draining');
+
+CREATE TABLE {schema}.allocations (
+    id                uuid PRIMARY KEY,
+    kind              text NOT NULL DEFAULT 'task' CHECK (kind IN ('task', 'callback')),
+    dag_id            text,
+    task_id           text,
+    run_id            text,
+    map_index         integer,
+    try_number        integer,
+    callback_id       text,
+    queue             text NOT NULL,
+    priority_weight   integer NOT NULL DEFAULT 1,
+    slots             integer NOT NULL CHECK (slots BETWEEN 1 AND 64),
+    cpu               double precision NOT NULL CHECK (cpu >= 0),
+    memory_mb         bigint NOT NULL CHECK (memory_mb >= 0),
+    state             text NOT NULL DEFAULT 'unassigned'
+                      CHECK (state IN ('unassigned', 'assigned', 'running', 'succeeded', 'failed',
+                                       'cancelled', 'lost')),
+    runner_id         uuid REFERENCES {schema}.runners (id) ON DELETE SET NULL,
+    workload          text,               -- the Airflow workload JSON (holds the token); cleared when terminal
+    scheduler_job_id  integer,            -- the scheduler job whose executor reports this allocation
+    reported_state    text,               -- the last state the executor reported to the scheduler
+    cancel_requested  boolean NOT NULL DEFAULT false,
+    unschedulable_reason text,
+    unschedulable_since  timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    assigned_at       timestamptz,
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    pid               integer,
+    process_started_at timestamptz,       -- when the task process existed (pickup latency ends here)
+    exit_code         integer,
+    reason            text,
+    cpu_percent       double precision,
+    rss_mb            bigint,
+    peak_rss_mb       bigint
+);
+CREATE INDEX allocations_pending ON {schema}.allocations (queue, priority_weight DESC, created_at)
+    WHERE state = 'unassigned';
+CREATE INDEX allocations_on_runner ON {schema}.allocations (runner_id, state)
+    WHERE state IN ('assigned', 'running');
+CREATE INDEX allocations_unreported ON {schema}.allocations (scheduler_job_id)
+    WHERE reported_state IS DISTINCT FROM state;
+CREATE INDEX allocations_finished ON {schema}.allocations (finished_at)
+    WHERE finished_at IS NOT NULL;
+
+-- Every state change of an allocation, for audits and tests (who moved what, when, to which runner).
+CREATE TABLE {schema}.allocation_events (
+    id             bigserial PRIMARY KEY,
+    allocation_id  uuid NOT NULL,
+    runner_id      uuid,
+    from_state     text,
+    to_state       text NOT NULL,
+    at             timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX allocation_events_allocation ON {schema}.allocation_events (allocation_id);
+
+-- Wake-ups. Channels are "<schema>.allocator" (work or capacity for the allocator) and
+-- "<schema>.runner" with the runner id as payload (work, a cancel or a state change for that runner).
+-- NOTIFY is delivered at commit and deduplicated per transaction, so a batch of assignments wakes
+-- each runner once.
+CREATE FUNCTION {schema}.on_allocation_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER allocation_inserted AFTER INSERT ON {schema}.allocations
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.on_allocation_insert();
+
+CREATE FUNCTION {schema}.on_allocation_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        EXECUTE format('INSERT INTO %I.allocation_events (allocation_id, runner_id, from_state, to_state)'
+                       ' VALUES ($1, $2, NULL, $3)', TG_TABLE_SCHEMA)
+            USING NEW.id, NEW.runner_id, NEW.state;
+        RETURN NULL;
+    END IF;
+    IF NEW.state IS DISTINCT FROM OLD.state THEN
+        EXECUTE format('INSERT INTO %I.allocation_events (allocation_id, runner_id, from_state, to_state)'
+                       ' VALUES ($1, $2, $3, $4)', TG_TABLE_SCHEMA)
+            USING NEW.id, coalesce(NEW.runner_id, OLD.runner_id), OLD.state, NEW.state;
+        IF NEW.state = 'assigned' THEN
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.runner', NEW.runner_id::text);
+        ELSIF NEW.state = 'unassigned' OR OLD.state IN ('assigned', 'running') THEN
+            -- work came back, or capacity was freed
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
+        END IF;
+    ELSIF NEW.cancel_requested AND NOT OLD.cancel_requested AND NEW.runner_id IS NOT NULL THEN
+        PERFORM pg_notify(TG_TABLE_SCHEMA || '.runner', NEW.runner_id::text);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER allocation_changed AFTER INSERT OR UPDATE ON {schema}.allocations
+    FOR EACH ROW EXECUTE FUNCTION {schema}.on_allocation_change();
+
+CREATE FUNCTION {schema}.on_runner_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.state IS DISTINCT FROM OLD.state THEN
+        PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
+        IF TG_OP = 'UPDATE' THEN
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.runner', NEW.id::text);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER runner_changed AFTER INSERT OR UPDATE OF state ON {schema}.runners
+    FOR EACH ROW EXECUTE FUNCTION {schema}.on_runner_change();

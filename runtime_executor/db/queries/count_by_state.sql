@@ -1,0 +1,1 @@
+SELECT state, queue, count(*) FROM {schema}.allocations GROUP BY state, queue ORDER BY state, queue

@@ -1,0 +1,157 @@
+"""The one loop shape every background job in the allocator and the runner uses.
+
+    start() -> tick() ... tick() -> stop()
+
+A tick runs when the loop is woken (``wake()``, called by the ``Listener`` on a NOTIFY or by another
+loop), or when ``interval`` has passed without a wake-up (the slow poll that covers a lost NOTIFY).
+A tick that returns True has more work at hand and runs again at once. A tick that raises is logged
+and retried with exponential backoff; database outages therefore never kill a daemon, they only
+slow a loop down until the database is back.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterable
+
+import psycopg
+import structlog
+
+from runtime_executor.db.connection import DatabaseUnavailable, connect
+from runtime_executor.settings import Settings, redact_url
+
+log = structlog.get_logger("rtx.loop")
+
+Tick = Callable[[], bool | None]
+
+
+class Loop:
+    def __init__(
+        self,
+        name: str,
+        tick: Tick,
+        interval: float,
+        *,
+        max_backoff: float = 10.0,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._tick = tick
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self._on_stop = on_stop
+        self._woken = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def start(self) -> Loop:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        self._stopping.set()
+        self._woken.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._woken.clear()
+                try:
+                    more = self._tick()
+                except Exception as exc:  # noqa: BLE001 - a loop must survive any failure of one tick
+                    self.failures += 1
+                    delay = min(self.max_backoff, 0.2 * 2 ** min(self.failures - 1, 10)) * random.uniform(0.8, 1.2)
+                    self._log_failure(exc, delay)
+                    self._stopping.wait(delay)
+                    continue
+                if self.failures:
+                    log.info("loop recovered", loop=self.name, after_failures=self.failures)
+                    self.failures = 0
+                if not more:
+                    self._woken.wait(self.interval)
+        finally:
+            if self._on_stop is not None:
+                self._on_stop()
+
+    def _log_failure(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, psycopg.OperationalError | DatabaseUnavailable):
+            log.warning(
+                "database unavailable; retrying",
+                loop=self.name,
+                error=redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+                retry_in=round(delay, 2),
+                attempt=self.failures,
+            )
+        else:
+            log.exception("loop tick failed; retrying", loop=self.name, retry_in=round(delay, 2))
+
+
+class Listener:
+    """LISTENs on channels of the schema and wakes the loops registered for each.
+
+    Runs as a ``Loop`` itself whose tick waits for notifications. After (re)connecting it wakes
+    every loop, because notifications sent while it was disconnected are gone.
+    """
+
+    def __init__(self, settings: Settings, application_name: str) -> None:
+        self.settings = settings
+        self.application_name = application_name
+        self._targets: dict[str, list[Callable[[str], None]]] = {}
+        self._conn: psycopg.Connection | None = None
+        self.loop = Loop(f"{application_name}-listener", self._tick, interval=0.0, on_stop=self._close)
+
+    def subscribe(self, channel: str, callbacks: Iterable[Callable[[str], None]]) -> None:
+        """Call each callback with the payload of every NOTIFY on ``<schema>.<channel>``."""
+        self._targets.setdefault(f"{self.settings.schema}.{channel}", []).extend(callbacks)
+
+    def start(self) -> Listener:
+        self.loop.start()
+        return self
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def _wake_all(self) -> None:
+        for callbacks in self._targets.values():
+            for callback in callbacks:
+                callback("")
+
+    def _tick(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            conn = connect(self.settings, self.application_name)
+            for channel in self._targets:
+                conn.execute(f'LISTEN "{channel}"')
+            self._conn = conn
+            self._wake_all()
+        try:
+            for notify in self._conn.notifies(timeout=0.5):
+                for callback in self._targets.get(notify.channel, ()):
+                    callback(notify.payload)
+                if self.loop.stopping:
+                    break
+        except psycopg.OperationalError:
+            self._close()
+            raise
+        return True  # keep listening without the loop's idle wait
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

@@ -1,0 +1,140 @@
+"""Settings: one name per setting, read the same way by the shim, the daemons and the CLI.
+
+Precedence, highest first: a daemon flag, ``RTX_<NAME>``, ``AIRFLOW__RUNTIME_EXECUTOR__<NAME>``,
+``[runtime_executor] <name>`` in ``$AIRFLOW_HOME/airflow.cfg``, the default below. Airflow's config
+file is read with configparser, so this module (and the allocator) never imports Airflow.
+
+The database defaults to Airflow's own metadata database (``[database] sql_alchemy_conn``, with the
+SQLAlchemy driver suffix removed); ``RTX_DATABASE_URL`` / ``--database-url`` override it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+SECTION = "runtime_executor"
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A setting with a value we cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    schema: str = "runtime_executor"
+    # allocator
+    strategy: str = "EvenSpreadStrategy"
+    allocator_batch_size: int = 2000
+    allocator_poll_interval: float = 2.0
+    unschedulable_timeout: float = 600.0
+    # runner
+    heartbeat_interval: float = 2.0
+    lease_timeout: float = 20.0
+    runner_poll_interval: float = 2.0
+    drain_timeout: float = 300.0
+    # all
+    retention: float = 86400.0
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_ENV_PREFIXES = ("RTX_", f"AIRFLOW__{SECTION.upper()}__")
+
+
+def _airflow_cfg() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    home = Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
+    cfg = Path(os.environ.get("AIRFLOW_CONFIG", home / "airflow.cfg"))
+    if cfg.is_file():
+        with contextlib.suppress(configparser.Error):
+            parser.read(cfg)
+    return parser
+
+
+def _lookup(name: str, env: Mapping[str, str], cfg: configparser.ConfigParser) -> str | None:
+    for prefix in _ENV_PREFIXES:
+        value = env.get(prefix + name.upper())
+        if value not in (None, ""):
+            return value
+    if cfg.has_option(SECTION, name):
+        return cfg.get(SECTION, name)
+    return None
+
+
+def airflow_database_url(env: Mapping[str, str] | None = None) -> str:
+    """Airflow's metadata database as a libpq URL, or '' when none is configured."""
+    env = os.environ if env is None else env
+    url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or env.get("AIRFLOW__CORE__SQL_ALCHEMY_CONN")
+    if not url:
+        cfg = _airflow_cfg()
+        for section in ("database", "core"):
+            if cfg.has_option(section, "sql_alchemy_conn"):
+                url = cfg.get(section, "sql_alchemy_conn")
+                break
+    return to_libpq_url(url) if url else ""
+
+
+def to_libpq_url(url: str) -> str:
+    """``postgresql+psycopg://u:p@h/db`` -> ``postgresql://u:p@h/db``; other schemes are refused."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url  # a libpq keyword/value string ("host=... dbname=...")
+    base = scheme.split("+", 1)[0]
+    if base not in ("postgresql", "postgres"):
+        raise ConfigError(f"database_url: rtx needs PostgreSQL, got a '{base}' URL")
+    return f"postgresql://{rest}"
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    env = os.environ if env is None else env
+    cfg = _airflow_cfg()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = _lookup(f.name, env, cfg)
+        if raw is None:
+            continue
+        kind = type(getattr(Settings, f.name))
+        try:
+            values[f.name] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{f.name}={raw!r} is not a valid {kind.__name__}") from None
+    settings = Settings(**values).with_overrides(**overrides)
+    if not settings.database_url:
+        settings = replace(settings, database_url=airflow_database_url(env))
+    else:
+        settings = replace(settings, database_url=to_libpq_url(settings.database_url))
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    if not _SCHEMA_RE.match(settings.schema):
+        raise ConfigError(f"schema={settings.schema!r} must be a lower-case SQL identifier")
+    for name in ("heartbeat_interval", "lease_timeout", "allocator_poll_interval", "runner_poll_interval"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name}={getattr(settings, name)!r} must be > 0")
+    if settings.lease_timeout <= 2 * settings.heartbeat_interval:
+        raise ConfigError(
+            f"lease_timeout={settings.lease_timeout:g} must be more than twice "
+            f"heartbeat_interval={settings.heartbeat_interval:g}"
+        )
+    if settings.allocator_batch_size < 1:
+        raise ConfigError(f"allocator_batch_size={settings.allocator_batch_size!r} must be >= 1")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", redacted)

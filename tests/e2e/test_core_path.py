@@ -1,0 +1,100 @@
+"""The core path with real Airflow 3.3: scheduler -> shim -> Postgres -> allocator -> runner -> task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.daemons import query
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(stack, dag_id: str, timeout: float = 180) -> tuple[str, str]:
+    run_id = stack.airflow.trigger(dag_id)
+    try:
+        return run_id, stack.airflow.wait_for_run(dag_id, run_id, timeout)
+    except Exception:
+        print(stack.logs())
+        raise
+
+
+def test_tasks_with_different_requests_all_succeed(stack):
+    run_id, state = _run(stack, "rtx_core")
+    tis = stack.airflow.task_instances("rtx_core", run_id)
+    assert state == "success", (tis, stack.logs())
+    assert {t: ti["state"] for t, ti in tis.items()} == {
+        "small": "success",
+        "big": "success",
+        "airflow_resources": "success",
+        "placement": "success",
+    }
+    rows = query(
+        stack.airflow.database_url,
+        "SELECT task_id, slots, cpu, memory_mb, state, runner_id::text, id::text FROM runtime_executor.allocations"
+        " WHERE dag_id = 'rtx_core' AND run_id = %(r)s",
+        {"r": run_id},
+    )
+    by_task = {r[0]: r for r in rows}
+    assert by_task["small"][1:5] == (1, 0.5, 256, "succeeded")
+    assert by_task["big"][1:5] == (2, 1.5, 1024, "succeeded")
+    assert by_task["airflow_resources"][1:5] == (1, 1.0, 512, "succeeded")
+    # the allocation id is the external executor id Airflow pre-assigned to the task instance
+    external_ids = dict(
+        query(
+            stack.airflow.database_url,
+            "SELECT task_id, external_executor_id FROM task_instance WHERE dag_id = 'rtx_core' AND run_id = %(r)s",
+            {"r": run_id},
+        )
+    )
+    assert {t: by_task[t][6] for t in tis} == external_ids
+    # the task saw its allocation and runner in its environment (and not rtx's database URL)
+    log = stack.airflow.task_log("rtx_core", run_id, "placement")
+    assert f"RTX_ALLOCATION_ID={by_task['placement'][6]}" in log
+    assert f"RTX_RUNNER_ID={by_task['placement'][5]}" in log
+
+
+def test_task_log_is_served_through_the_rest_api(stack):
+    run_id, state = _run(stack, "rtx_core")
+    assert state == "success"
+    log = stack.airflow.task_log("rtx_core", run_id, "small")
+    assert "small-task-ran" in log
+
+
+def test_failing_task_ends_failed(stack):
+    run_id, state = _run(stack, "rtx_failing")
+    assert state == "failed"
+    tis = stack.airflow.task_instances("rtx_failing", run_id)
+    assert tis["fails"]["state"] == "failed"
+    assert "about-to-fail" in stack.airflow.task_log("rtx_failing", run_id, "fails")
+
+
+def test_task_with_one_retry_fails_then_succeeds(stack):
+    run_id, state = _run(stack, "rtx_retry")
+    tis = stack.airflow.task_instances("rtx_retry", run_id)
+    assert state == "success", stack.logs()
+    assert tis["flaky"]["state"] == "success"
+    assert tis["flaky"]["try_number"] == 2
+    tries = query(
+        stack.airflow.database_url,
+        "SELECT try_number, state FROM runtime_executor.allocations WHERE dag_id = 'rtx_retry' AND run_id = %(r)s"
+        " ORDER BY try_number",
+        {"r": run_id},
+    )
+    assert [t[0] for t in tries] == [1, 2]
+
+
+def test_bad_request_fails_that_task_at_once_with_a_clear_reason(stack):
+    run_id, state = _run(stack, "rtx_bad_request")
+    tis = stack.airflow.task_instances("rtx_bad_request", run_id)
+    assert tis["too_many_slots"]["state"] == "failed"
+    assert tis["fine"]["state"] == "success"  # the scheduler and the daemons kept going
+    reason = query(
+        stack.airflow.database_url,
+        "SELECT reason FROM runtime_executor.allocations WHERE dag_id = 'rtx_bad_request' AND task_id = 'too_many_slots'",
+    )[0][0]
+    assert "rtx_bad_request.too_many_slots" in reason and "slots=65" in reason
+    # visible to the user in the task instance's audit log
+    events = stack.airflow.api("GET", "/api/v2/eventLogs", params={"dag_id": "rtx_bad_request", "limit": 100}).json()
+    assert "slots=65" in json.dumps(events)

@@ -1,0 +1,38 @@
+"""A task function for runner tests without Airflow (``RTX_TASK_ENTRY=tests.support.fake_task:run``).
+
+The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/file"}``. Each start
+appends one line ``start <allocation> <runner> <pid> <unix time>`` (and ``end ...`` on a normal
+exit) to ``record``, so tests can prove every task ran once and never twice at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _record(path: str | None, what: str) -> None:
+    if not path:
+        return
+    line = f"{what} {os.environ.get('RTX_ALLOCATION_ID')} {os.environ.get('RTX_RUNNER_ID')} {os.getpid()} {time.time():.6f}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
+    spec = json.loads(workload_json or "{}")
+    _record(spec.get("record"), "start")
+    if spec.get("env_dump"):
+        with open(spec["env_dump"], "w") as f:
+            json.dump(dict(os.environ), f)
+    time.sleep(float(spec.get("sleep", 0)))
+    if spec.get("allocate_mb"):
+        ballast = bytearray(int(spec["allocate_mb"]) * 2**20)  # noqa: F841 - held until exit
+        time.sleep(float(spec.get("hold", 0)))
+    _record(spec.get("record"), "end")
+    sys.exit(int(spec.get("exit", 0)))
