@@ -33,8 +33,12 @@ def main() -> None:
 @click.option("--heartbeat-interval", type=float, default=None, help="Seconds between lease renewals.")
 @click.option("--lease-timeout", type=float, default=None, help="Seconds without a heartbeat before the runner is lost.")
 @click.option("--drain-timeout", type=float, default=None, help="Seconds SIGTERM waits for running tasks before stopping them.")
+@click.option(
+    "--spare-processes", type=click.IntRange(0, 64), default=2, show_default=True,
+    help="Warm task processes kept forked ahead of time (a task starts with one pipe write).",
+)
 @click.option("--poll-interval", "runner_poll_interval", type=float, default=None, help="Seconds between polls when no NOTIFY arrives.")
-def serve(slots, cpu, memory, queues, name, execution_api_url, **options) -> None:
+def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, **options) -> None:
     """Run assigned tasks until SIGTERM, then drain."""
     from runner.service import Capacity, Runner
 
@@ -52,7 +56,14 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, **options) -> Non
     check_database(settings, "rtx-runner")
     # The runner's own database URL is never handed to a task process (or its environment).
     os.environ.pop("RTX_DATABASE_URL", None)
-    runner = Runner(settings, capacity, list(queues) or ["default"], name=name, server_url=execution_api_url)
+    runner = Runner(
+        settings,
+        capacity,
+        list(queues) or ["default"],
+        name=name,
+        server_url=execution_api_url,
+        spare_processes=spare_processes,
+    )
     try:
         runner.start()
     except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback

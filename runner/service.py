@@ -43,6 +43,7 @@ import psutil
 import structlog
 
 from runner import task_entry
+from runner.spares import SparePool
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
 from runtime_executor.settings import Settings
@@ -101,6 +102,7 @@ class Runner:
         *,
         name: str | None = None,
         server_url: str | None = None,
+        spare_processes: int = 2,
     ) -> None:
         self.settings = settings
         self.capacity = capacity
@@ -128,15 +130,11 @@ class Runner:
         self.listener = Listener(settings, app + "-listen")
         self.listener.subscribe("runner", [self._on_notify])
         self._task_entry = task_entry.entry_point()
-        self._mp = multiprocessing.get_context("forkserver")
-        self._mp.set_forkserver_preload(task_entry.preload_modules())
+        self.spares = SparePool(spare_processes)
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        # Warm the fork server now (it imports Airflow's supervisor once), not on the first task.
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+        self.spares.start()  # warm processes before the first task arrives
         self._register(self._control_db)
         self.listener.start()
         self.heartbeat.start()
@@ -191,6 +189,7 @@ class Runner:
         self.work.stop()
         self.heartbeat.stop()
         self.reaper.stop()
+        self.spares.close()
         self._set_state(self._control_db, "stopped", ["active", "draining"], release=True)
         for db in (self._work_db, self._heartbeat_db, self._control_db):
             db.close()
@@ -255,25 +254,26 @@ class Runner:
         return not self.draining and time.monotonic() < self.lease_valid_until - self.settings.heartbeat_interval
 
     def work_tick(self) -> bool:
+        if self.can_start():
+            with self._work_db.statements() as gw:
+                rows = gw.start_assigned(self.runner_id)
+            pids = {}
+            for row in rows:
+                pid = self._spawn(row)
+                if pid is not None:
+                    pids[str(row["id"])] = pid
+            if pids:
+                with self._work_db.statements() as gw:
+                    gw.set_allocation_pids(self.runner_id, pids)
         self._flush_outcomes()
-        with self._work_db.transaction() as gw:
+        with self._work_db.statements() as gw:
             cancelled = gw.cancel_requested_on_runner(self.runner_id)
         for allocation_id in cancelled:
             self._stop(allocation_id, "revoked by the scheduler")
-        if not self.can_start():
-            return False
-        with self._work_db.transaction() as gw:
-            assigned = gw.assigned_to_runner(self.runner_id)
-        for allocation_id in assigned:
-            if not self.can_start():
-                break
-            with self._work_db.transaction() as gw:
-                row = gw.start_allocation(allocation_id, self.runner_id)
-            if row is not None:
-                self._spawn(allocation_id, row)
         return False
 
-    def _spawn(self, allocation_id: str, row: dict) -> None:
+    def _spawn(self, row: dict) -> int | None:
+        allocation_id = str(row["id"])
         label = (
             f"{row['dag_id']}.{row['task_id']} run={row['run_id']} try={row['try_number']}"
             if row["kind"] == "task"
@@ -281,33 +281,24 @@ class Runner:
         )
         env = {"RTX_ALLOCATION_ID": allocation_id, "RTX_RUNNER_ID": self.runner_id}
         try:
-            process = self._mp.Process(
-                target=task_entry.run,
-                args=(self._task_entry, row["workload"], env, self.server_url, f"rtx task: {label}"),
-                name=f"rtx-task-{allocation_id}",
-            )
-            process.start()
+            process = self.spares.launch(self._task_entry, row["workload"], env, self.server_url, f"rtx task: {label}")
         except Exception as exc:  # noqa: BLE001 - a task that cannot start fails alone
             log.exception("could not start task process", allocation_id=allocation_id)
             self._outcomes.append(
                 Outcome(allocation_id, self.runner_id, "failed", None, f"could not start task process: {exc}")
             )
             self.work.wake()
-            return
+            return None
         with self._tasks_lock:
             self._tasks[allocation_id] = TaskHandle(allocation_id, self.runner_id, label, process)
         self._wake_reaper()
-        try:
-            with self._work_db.transaction() as gw:
-                gw.set_allocation_pid(allocation_id, self.runner_id, process.pid)
-        except Exception:  # noqa: BLE001 - the pid is informational
-            log.warning("could not record task pid", allocation_id=allocation_id)
         log.info("task started", allocation_id=allocation_id, runner_id=self.runner_id, task=label, pid=process.pid)
+        return process.pid
 
     def _flush_outcomes(self) -> None:
         while self._outcomes:
             outcome = self._outcomes[0]
-            with self._work_db.transaction() as gw:
+            with self._work_db.statements() as gw:
                 state = gw.finish_allocation(
                     outcome.allocation_id, outcome.runner_id, outcome.state, outcome.exit_code, outcome.reason
                 )

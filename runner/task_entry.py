@@ -36,6 +36,17 @@ def resolve(entry: str) -> TaskFunction:
     return getattr(importlib.import_module(module), name or "run")
 
 
+def wait_and_run(conn) -> None:
+    """A spare process: wait for one task on ``conn``; exit quietly when the runner goes away."""
+    try:
+        entry, workload_json, env, server, proctitle = conn.recv()
+    except (EOFError, OSError):
+        return
+    finally:
+        conn.close()
+    run(entry, workload_json, env, server, proctitle)
+
+
 def run(entry: str, workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     """Child entry point: own process group, clean environment, then the task function."""
     os.setsid()  # the runner signals the whole tree with killpg(pid)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from urllib.parse import urlsplit
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -19,6 +19,8 @@ from runtime_executor.db.connection import Database
 from runtime_executor.db.migrate import migrate
 from runtime_executor.settings import Settings
 from runtime_executor.testing.pgcluster import PgCluster, create_database, drop_database, server_answers
+
+pytest_plugins = ["tests.support.fixtures"]
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -77,3 +79,11 @@ def db(migrated) -> Iterator[Database]:
         yield database
     finally:
         database.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    # lets fixtures see whether the test failed (to print daemon logs only then)
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -71,6 +71,17 @@ class Database:
             self.close()
             raise
 
+    @contextmanager
+    def statements(self) -> Iterator[Gateway]:
+        """Autocommit: each statement is its own transaction (saves BEGIN/COMMIT round trips on
+        hot paths where a single guarded statement is the whole state change)."""
+        conn = self.connection
+        try:
+            yield Gateway(conn, self.settings.schema)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
     def close(self) -> None:
         if self._conn is not None:
             try:

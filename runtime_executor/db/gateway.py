@@ -132,15 +132,12 @@ class Gateway:
         )
         return bool(rows)
 
-    def assigned_to_runner(self, runner_id: str) -> list[str]:
-        return [str(r["id"]) for r in self.fetch("assigned_to_runner", {"runner_id": runner_id})]
+    def start_assigned(self, runner_id: str) -> list[Row]:
+        rows = self.fetch("start_assigned", {"runner_id": runner_id})
+        return sorted(rows, key=lambda r: -r["priority_weight"])
 
-    def start_allocation(self, allocation_id: str, runner_id: str) -> Row | None:
-        rows = self.fetch("start_allocation", {"id": allocation_id, "runner_id": runner_id})
-        return rows[0] if rows else None
-
-    def set_allocation_pid(self, allocation_id: str, runner_id: str, pid: int) -> None:
-        self.execute("set_allocation_pid", {"id": allocation_id, "runner_id": runner_id, "pid": pid})
+    def set_allocation_pids(self, runner_id: str, pids: dict[str, int]) -> None:
+        self.execute("set_allocation_pid", {"runner_id": runner_id, "ids": list(pids), "pids": list(pids.values())})
 
     def finish_allocation(
         self, allocation_id: str, runner_id: str, state: str, exit_code: int | None, reason: str | None

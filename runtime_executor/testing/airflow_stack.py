@@ -6,6 +6,7 @@ real process started with the same environment; the REST API is used the way a u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -161,10 +162,8 @@ class AirflowStack:
             os.killpg(proc.pid, sig)
             proc.wait(timeout)
         except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(10)
 
     def stop(self) -> None:

@@ -207,7 +207,9 @@ def test_invariants(strategy: Strategy, requests: list[Request], runners: list[R
     for rid, qid in result.reservations.items():
         q, r = by_req[qid], by_run[rid]
         assert q.queue in r.queues and _holds(r, q.slots, q.cpu, q.memory_mb)
-        later = [p for p in result.placements if p.runner_id == rid and position[p.request_id] > position[qid]]
+        later = [
+            p for p in result.placements if p.runner_id == rid and position[p.request_id] > position[qid]
+        ]
         assert later == []
 
     # unschedulable <=> no runner of the queue has the capacity
@@ -219,7 +221,9 @@ def test_invariants(strategy: Strategy, requests: list[Request], runners: list[R
 @pytest.mark.parametrize("most_allocated", [False, True], ids=["spread", "pack"])
 @settings(max_examples=300, deadline=None)
 @given(requests=request_lists(), runners=runner_lists())
-def test_matches_plain_scan(most_allocated: bool, requests: list[Request], runners: list[RunnerState]) -> None:
+def test_matches_plain_scan(
+    most_allocated: bool, requests: list[Request], runners: list[RunnerState]
+) -> None:
     # The bucketed/sorted implementation must decide exactly what the obvious scan decides.
     assert place_by_score(requests, runners, most_allocated=most_allocated) == reference_place(
         requests, runners, most_allocated
@@ -267,7 +271,11 @@ def _first_fit_runners_used(requests: Sequence[Request], runners: Sequence[Runne
     for q in requests:
         for r in sorted(runners, key=lambda r: r.id):
             u = used[r.id]
-            if u[0] + q.slots <= r.slots and u[1] + q.cpu <= r.cpu + EPS and u[2] + q.memory_mb <= r.memory_mb:
+            if (
+                u[0] + q.slots <= r.slots
+                and u[1] + q.cpu <= r.cpu + EPS
+                and u[2] + q.memory_mb <= r.memory_mb
+            ):
                 u[0], u[1], u[2] = u[0] + q.slots, u[1] + q.cpu, u[2] + q.memory_mb
                 break
         else:
@@ -276,7 +284,10 @@ def _first_fit_runners_used(requests: Sequence[Request], runners: Sequence[Runne
 
 
 @settings(max_examples=200, deadline=None)
-@given(capacity=st.sampled_from([8, 16, 32]), units=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=30))
+@given(
+    capacity=st.sampled_from([8, 16, 32]),
+    units=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=30),
+)
 def test_max_packing_uses_no_more_runners_than_first_fit(capacity: int, units: list[int]) -> None:
     # Best-fit-style packing is not comparable with first fit for arbitrary sizes (e.g. slots
     # 3, 8, 6, 1, 4, 2, 5, 2, 1 into 8-slot runners: 5 runners vs 4), so the claim is checked
@@ -338,6 +349,18 @@ def test_score_uses_only_the_dimensions_the_request_asks_for() -> None:
 
 
 @pytest.mark.parametrize("strategy", BOTH, ids=lambda s: s.name)
+@pytest.mark.parametrize("low_id_used", [(8, 0.0, 0), (0, 2.0, 0)], ids=["slots-busy", "cpu-busy"])
+def test_equal_scores_from_different_usage_go_to_the_lower_id(
+    strategy: Strategy, low_id_used: tuple[int, float, int]
+) -> None:
+    # 8/16 slots + 0/4 cpu == 0/16 slots + 2/4 cpu exactly: a tie between different usages.
+    high_id_used = (0, 2.0, 0) if low_id_used[0] else (8, 0.0, 0)
+    runners = [runner("b", used=high_id_used), runner("a", used=low_id_used)]
+    result = strategy.place([req("t", slots=1, cpu=0.25, memory_mb=0)], runners)
+    assert result.placements == [Placement("t", "a")]
+
+
+@pytest.mark.parametrize("strategy", BOTH, ids=lambda s: s.name)
 def test_fit_uses_cpu_epsilon_and_zero_requests_consume_nothing(strategy: Strategy) -> None:
     # 0.1 + 0.1 + 0.1 == 0.30000000000000004 > 0.3: the epsilon lets the third one fit.
     tenths = strategy.place([req(f"t{i}", cpu=0.1) for i in range(4)], [runner("a", cpu=0.3)])
@@ -390,6 +413,16 @@ def test_reservation_goes_to_the_runner_needing_least_freed(strategy: Strategy) 
     # equal shortfall: the lower id is reserved
     tied = [runner("y", used=(12, 0.0, 0)), runner("x", used=(12, 0.0, 0))]
     assert strategy.place([req("big", slots=8)], tied).reservations == {"x": "big"}
+
+
+def test_reservation_uses_usage_as_of_that_request() -> None:
+    # x1 holds b; s then lands on c (even spread), so for x2 "a" needs less freed than "c".
+    runners = [runner("a", used=(12, 0.0, 0)), runner("b", used=(10, 0.0, 0)), runner("c", used=(11, 0.0, 0))]
+    big = {"slots": 8, "cpu": 0, "memory_mb": 0}
+    requests = [req("x1", **big), req("s", slots=3, cpu=0, memory_mb=0), req("x2", **big)]
+    result = EvenSpreadStrategy().place(requests, runners)
+    assert result.placements == [Placement("s", "c")]
+    assert result.reservations == {"b": "x1", "a": "x2"}
 
 
 @pytest.mark.parametrize("strategy", BOTH, ids=lambda s: s.name)

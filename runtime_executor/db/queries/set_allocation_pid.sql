@@ -1,2 +1,4 @@
-UPDATE {schema}.allocations SET pid = %(pid)s, process_started_at = clock_timestamp()
- WHERE id = %(id)s AND runner_id = %(runner_id)s AND state = 'running'
+UPDATE {schema}.allocations AS a
+   SET pid = p.pid, process_started_at = clock_timestamp()
+  FROM unnest(%(ids)s::uuid[], %(pids)s::integer[]) AS p(id, pid)
+ WHERE a.id = p.id AND a.runner_id = %(runner_id)s AND a.state = 'running'

@@ -1,0 +1,53 @@
+# rtx: make demo (everything on this machine) and make test (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install test lint unit integration e2e bench bench-pickup bench-placement soak demo demo-stop clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra --durations=15
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: install
+	$(PY) -m pytest -q tests/integration
+
+e2e: install
+	$(PY) -m pytest -q tests/e2e
+
+bench: bench-pickup bench-placement
+
+bench-pickup: install
+	$(PY) -m bench.pickup
+
+bench-placement: install
+	$(PY) -m bench.placement
+
+soak: install
+	$(PY) -m pytest -q -m soak tests/soak --run-soak
+
+demo: install
+	$(PY) -m deploy.demo start
+
+demo-stop:
+	$(PY) -m deploy.demo stop
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,98 @@
+"""Warm task processes, forked ahead of time from the runner's fork server.
+
+The fork server (``multiprocessing`` "forkserver") imports the task module once (Airflow's task
+supervisor), so each child starts warm. On top of that the runner keeps a few *spare* children
+already forked and blocked on a pipe: starting a task is then one ``send`` of the workload down
+that pipe (microseconds), and a replacement spare is forked in the background. The workload (which
+holds the task's token) travels over the pipe, never argv.
+
+A spare whose runner dies sees EOF on its pipe and exits; it never runs anything unasked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import threading
+from dataclasses import dataclass
+
+import structlog
+
+from runner import task_entry
+
+log = structlog.get_logger("rtx.runner")
+
+
+@dataclass
+class Spare:
+    process: multiprocessing.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+
+
+class SparePool:
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(task_entry.preload_modules())
+        self._spares: list[Spare] = []
+        self._lock = threading.Lock()
+        self._refill_needed = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Fork the first spares now: the fork server's imports happen here, not on the first task."""
+        self._fill()
+        self._thread = threading.Thread(target=self._refill_loop, name="spares", daemon=True)
+        self._thread.start()
+
+    def _fork(self) -> Spare:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=task_entry.wait_and_run, args=(parent_conn,), name="rtx-task-spare")
+        process.start()
+        parent_conn.close()  # the child's end; only the child reads it
+        return Spare(process, child_conn)
+
+    def _fill(self) -> None:
+        while not self._closed:
+            with self._lock:
+                if len(self._spares) >= self.size:
+                    return
+            spare = self._fork()
+            with self._lock:
+                self._spares.append(spare)
+
+    def _refill_loop(self) -> None:
+        while not self._closed:
+            self._refill_needed.wait(1.0)
+            self._refill_needed.clear()
+            try:
+                self._fill()
+            except Exception:  # noqa: BLE001 - a failed fork is retried; start() forks on demand anyway
+                log.exception("could not fork a spare task process")
+
+    def launch(self, entry: str, workload_json: str, env: dict[str, str], server: str | None, title: str):
+        """Hand one task to a spare (or a freshly forked process) and return its process."""
+        with self._lock:
+            spare = self._spares.pop(0) if self._spares else None
+        if spare is None or not spare.process.is_alive():
+            spare = self._fork()
+        spare.conn.send((entry, workload_json, env, server, title))
+        spare.conn.close()
+        self._refill_needed.set()
+        return spare.process
+
+    def close(self) -> None:
+        self._closed = True
+        self._refill_needed.set()
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.conn.close()  # EOF: the spare exits without running anything
+        for spare in spares:
+            spare.process.join(5)
+            if spare.process.is_alive():
+                spare.process.kill()
+            with contextlib.suppress(ValueError):
+                spare.process.close()
