@@ -367,13 +367,15 @@ class Runner:
 
 
 def _signal_group(pid: int | None, sig: signal.Signals) -> None:
+    """SIGTERM goes to the task process (Airflow's supervisor forwards it to the task for a graceful
+    stop); SIGKILL goes to the whole tree, whatever process groups it made."""
     if pid is None:
         return
-    try:
+    if sig == signal.SIGKILL:
+        task_entry.kill_tree(pid, sig)
+        return
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)  # the task process leads its own group (setsid in the child)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)  # not yet its own group leader
 
 
 def _version() -> str:

@@ -40,6 +40,8 @@ class SparePool:
         self._refill_needed = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        # Only this process holds the writing end; spares and tasks see EOF when the runner dies.
+        self._runner_alive_r, self._runner_alive_w = self._ctx.Pipe(duplex=False)
 
     def start(self) -> None:
         """Fork the first spares now: the fork server's imports happen here, not on the first task."""
@@ -49,7 +51,7 @@ class SparePool:
 
     def _fork(self) -> Spare:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=task_entry.wait_and_run, args=(parent_conn,), name="rtx-task-spare")
+        process = self._ctx.Process(target=task_entry.wait_and_run, args=(parent_conn, self._runner_alive_r), name="rtx-task-spare")
         process.start()
         parent_conn.close()  # the child's end; only the child reads it
         return Spare(process, child_conn)

@@ -10,10 +10,14 @@ or exits with a given code); production runners leave it unset.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
+import threading
 from collections.abc import Callable
+
+import psutil
 
 DEFAULT_ENTRY = "runner.task_process:run"
 
@@ -36,7 +40,7 @@ def resolve(entry: str) -> TaskFunction:
     return getattr(importlib.import_module(module), name or "run")
 
 
-def wait_and_run(conn) -> None:
+def wait_and_run(conn, runner_alive) -> None:
     """A spare process: wait for one task on ``conn``; exit quietly when the runner goes away."""
     try:
         entry, workload_json, env, server, proctitle = conn.recv()
@@ -44,7 +48,38 @@ def wait_and_run(conn) -> None:
         return
     finally:
         conn.close()
+    _watch_runner(runner_alive)
     run(entry, workload_json, env, server, proctitle)
+
+
+def _watch_runner(runner_alive) -> None:
+    """Kill this task's whole process tree when the runner process dies.
+
+    ``runner_alive`` is the read end of a pipe whose only writer is the runner: EOF means the runner
+    is gone (SIGKILL, crash). Its tasks must die with it, or they would keep running while the
+    allocator declares them lost and Airflow retries them elsewhere: a task twice at once.
+    Airflow's supervisor puts the task in a process group of its own, so the tree is walked, not
+    just this process group.
+    """
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            runner_alive.recv()
+        kill_tree(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="rtx-runner-watch", daemon=True).start()
+
+
+def kill_tree(pid: int, sig: signal.Signals) -> None:
+    """Signal a process and every descendant (children first looked up, then signalled)."""
+    try:
+        root = psutil.Process(pid)
+        victims = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
 
 
 def run(entry: str, workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
