@@ -44,11 +44,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(pg_admin_url, tmp_path_factory) -> Iterator[Stack]:
+def stack(pg_admin_url, tmp_path_factory, request) -> Iterator[Stack]:
+    """One stack per test module; a module may set ``STACK_ENV`` (extra Airflow/rtx settings)."""
     name = f"rtx_e2e_{uuid.uuid4().hex[:10]}"
     create_database(pg_admin_url, name)
     home = tmp_path_factory.mktemp("airflow")
-    airflow = AirflowStack(home, _with_db(pg_admin_url, name), port=free_port(), dags_folder=DAGS)
+    airflow = AirflowStack(
+        home,
+        _with_db(pg_admin_url, name),
+        port=free_port(),
+        dags_folder=DAGS,
+        extra_env=getattr(request.module, "STACK_ENV", None),
+    )
     s = Stack(airflow, home)
     try:
         airflow.prepare()
