@@ -38,6 +38,17 @@ from runtime_executor.settings import Settings
 log = structlog.get_logger("rtx.allocator")
 
 PRUNE_EVERY = 60.0
+HEAD_OF_QUEUE = 16  # requests always looked at per queue, even with no free capacity
+
+
+def claim_limits(runners: list[RunnerState], batch_size: int) -> dict[str, int]:
+    """Per queue, how many pending requests one pass claims: what the queue's free slots could
+    take (each request needs at least one slot), at least the head of the queue, at most a batch."""
+    free: dict[str, int] = {}
+    for r in runners:
+        for q in r.queues:
+            free[q] = free.get(q, 0) + max(0, r.slots - r.used_slots)
+    return {q: max(HEAD_OF_QUEUE, min(batch_size, n)) for q, n in free.items()}
 
 
 class Allocator:
@@ -74,16 +85,20 @@ class Allocator:
 
     # -- placement ------------------------------------------------------------------------------
     def place_pass(self) -> bool:
-        """One placement pass; True when a full batch was placed (run again at once)."""
-        limit = self.settings.allocator_batch_size
+        """One placement pass; True when a queue's whole claim was placed (run again at once)."""
         started = time.perf_counter()
         with self._placement_db.transaction() as gw:
-            claimed = gw.claim_unassigned(limit)
-            if not claimed:
+            if not gw.has_unassigned():
                 return False
+            gw.local_async_commit()  # see queries/local_async_commit.sql for why this is safe
+            # Lock first, then read what the runners hold, then claim: see the invariant above.
             runner_rows = gw.lock_live_runners()
             held = {str(r["runner_id"]): r for r in gw.runner_reservations([r["id"] for r in runner_rows])}
             runners = [_runner_state(r, held.get(str(r["id"]))) for r in runner_rows]
+            limits = claim_limits(runners, self.settings.allocator_batch_size)
+            claimed = gw.claim_unassigned(limits, HEAD_OF_QUEUE)
+            if not claimed:
+                return False
             requests = [
                 Request(
                     id=str(r["id"]),
@@ -122,8 +137,12 @@ class Allocator:
                 reserved=len(result.reservations),
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
-        per_queue = Counter(r["queue"] for r in claimed)
-        return bool(result.placements) and max(per_queue.values()) >= limit
+        placed_per_queue = Counter(r.queue for r in requests if r.id in {p.request_id for p in result.placements})
+        claimed_per_queue = Counter(r.queue for r in requests)
+        # more work at hand when some queue had everything it claimed placed and its claim was full
+        return any(
+            placed_per_queue[q] == n and n >= limits.get(q, HEAD_OF_QUEUE) for q, n in claimed_per_queue.items()
+        )
 
     # -- upkeep ---------------------------------------------------------------------------------
     def upkeep_pass(self) -> bool:

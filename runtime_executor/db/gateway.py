@@ -86,8 +86,17 @@ class Gateway:
     def runner_reservations(self, runner_ids: Sequence[str]) -> list[Row]:
         return self.fetch("runner_reservations", {"runner_ids": list(runner_ids)})
 
-    def claim_unassigned(self, limit: int) -> list[Row]:
-        return self.fetch("claim_unassigned", {"limit": limit})
+    def local_async_commit(self) -> None:
+        self.execute("local_async_commit")
+
+    def has_unassigned(self) -> bool:
+        return bool(self.fetch("has_unassigned")[0]["pending"])
+
+    def claim_unassigned(self, limits: dict[str, int], head: int) -> list[Row]:
+        """Claim per queue up to ``limits[queue]`` rows (``head`` for a queue not in ``limits``)."""
+        return self.fetch(
+            "claim_unassigned", {"queues": list(limits), "limits": list(limits.values()), "head": head}
+        )
 
     def assign(self, ids: Sequence[str], runner_ids: Sequence[str]) -> int:
         return self.execute("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})

@@ -64,7 +64,7 @@ CREATE TABLE {schema}.allocations (
     rss_mb            bigint,
     peak_rss_mb       bigint
 );
-CREATE INDEX allocations_pending ON {schema}.allocations (queue, priority_weight DESC, created_at)
+CREATE INDEX allocations_pending ON {schema}.allocations (queue, priority_weight DESC, created_at, id)
     WHERE state = 'unassigned';
 CREATE INDEX allocations_on_runner ON {schema}.allocations (runner_id, state)
     WHERE state IN ('assigned', 'running');

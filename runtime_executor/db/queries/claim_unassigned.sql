@@ -1,13 +1,23 @@
--- Claim pending allocations in placement order, up to %(limit)s per queue (so a queue whose head
--- cannot be placed never hides the work of another queue). Rows another allocator holds are skipped.
+-- Claim pending allocations in placement order, per queue up to that queue's limit (what its free
+-- capacity could take, and always a few from the head, so a large request at the head is seen and
+-- gets its reservation). A queue whose head cannot be placed never hides another queue's work.
+-- Rows another allocator holds are skipped.
+WITH RECURSIVE q AS (  -- the queues with pending work, by a skip scan of allocations_pending
+    (SELECT queue FROM {schema}.allocations WHERE state = 'unassigned' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT a.queue FROM {schema}.allocations AS a
+             WHERE a.state = 'unassigned' AND a.queue > q.queue ORDER BY a.queue LIMIT 1)
+      FROM q WHERE q.queue IS NOT NULL
+)
 SELECT a.id, a.queue, a.slots, a.cpu, a.memory_mb, a.priority_weight, a.unschedulable_reason, a.created_at
-  FROM (SELECT DISTINCT queue FROM {schema}.allocations WHERE state = 'unassigned') AS q
- CROSS JOIN LATERAL (
+  FROM q
+  LEFT JOIN unnest(%(queues)s::text[], %(limits)s::integer[]) AS l(queue, lim) ON l.queue = q.queue
+  CROSS JOIN LATERAL (
         SELECT id, queue, slots, cpu, memory_mb, priority_weight, unschedulable_reason, created_at
           FROM {schema}.allocations
          WHERE state = 'unassigned' AND queue = q.queue
          ORDER BY priority_weight DESC, created_at, id
-         LIMIT %(limit)s
+         LIMIT coalesce(l.lim, %(head)s)
            FOR UPDATE SKIP LOCKED
        ) AS a
  ORDER BY a.priority_weight DESC, a.created_at, a.id
