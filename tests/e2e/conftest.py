@@ -62,7 +62,7 @@ def stack(pg_admin_url, tmp_path_factory, request) -> Iterator[Stack]:
         airflow.start()
         s.daemon("allocator", "allocator")
         s.daemon("runner-small", "runner", "--slots", "4", "--cpu", "2", "--memory", "2048", "--name", "runner-small")
-        s.daemon("runner-large", "runner", "--slots", "8", "--cpu", "4", "--memory", "4096", "--name", "runner-large")
+        s.daemon("runner-large", "runner", "--slots", "8", "--cpu", "4", "--memory", "6144", "--name", "runner-large")
         yield s
     finally:
         s.stop()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support.daemons import query
+from tests.support.daemons import query, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,11 +30,19 @@ def test_tasks_with_different_requests_all_succeed(stack):
         "airflow_resources": "success",
         "placement": "success",
     }
-    rows = query(
-        stack.airflow.database_url,
-        "SELECT task_id, slots, cpu, memory_mb, state, runner_id::text, id::text FROM runtime_executor.allocations"
-        " WHERE dag_id = 'rtx_core' AND run_id = %(r)s",
-        {"r": run_id},
+    # the DAG run is done when the tasks report success; the runner records the process exits just after
+    rows = wait_for(
+        lambda: (
+            r := query(
+                stack.airflow.database_url,
+                "SELECT task_id, slots, cpu, memory_mb, state, runner_id::text, id::text FROM runtime_executor.allocations"
+                " WHERE dag_id = 'rtx_core' AND run_id = %(r)s",
+                {"r": run_id},
+            )
+        )
+        and all(row[4] != "running" for row in r)
+        and r,
+        30,
     )
     by_task = {r[0]: r for r in rows}
     assert by_task["small"][1:5] == (1, 0.5, 256, "succeeded")
@@ -98,3 +106,50 @@ def test_bad_request_fails_that_task_at_once_with_a_clear_reason(stack):
     # visible to the user in the task instance's audit log
     events = stack.airflow.api("GET", "/api/v2/eventLogs", params={"dag_id": "rtx_bad_request", "limit": 100}).json()
     assert "slots=65" in json.dumps(events)
+
+
+def _placements(stack, run_id: str) -> list[tuple[str, float, float]]:
+    """(runner id, start, end) per task, from what each task printed about itself."""
+    import re
+
+    out = []
+    for i in range(3):
+        log = stack.airflow.task_log("rtx_packing", run_id, f"hold_{i}")
+        runner = re.search(r"PLACED runner=([0-9a-f-]+) start", log).group(1)
+        start = float(re.search(r"start=([0-9.]+)", log).group(1))
+        end = float(re.search(r"end=([0-9.]+)", log).group(1))
+        out.append((runner, start, end))
+    return out
+
+
+def test_strategies_place_as_described_and_never_overrun_a_runner(stack):
+    """runner-small: 4 slots, 2048 MB; runner-large: 8 slots, 6144 MB; three tasks of 1000 MB at once.
+    EvenSpread puts each on the least allocated runner after placing it: large, large, small.
+    MaxPacking fills the most allocated runner that fits: small, small (2000 of 2048 MB), then large."""
+    url = stack.airflow.database_url
+    names = dict(query(url, "SELECT id::text, name FROM runtime_executor.runners WHERE state = 'active'"))
+    capacity = dict(query(url, "SELECT id::text, memory_mb FROM runtime_executor.runners"))
+    results = {}
+    for strategy in ("EvenSpreadStrategy", "MaxPackingStrategy"):
+        # start from idle runners: earlier task processes may still be exiting after their runs ended
+        wait_for(
+            lambda: query(url, "SELECT count(*) FROM runtime_executor.allocations WHERE state IN ('assigned', 'running')")
+            == [(0,)],
+            30,
+        )
+        for d in stack.daemons:
+            if d.name.startswith("allocator") and d.proc.poll() is None:
+                d.stop()
+        stack.daemon(f"allocator-{strategy}", "allocator", "--strategy", strategy)
+        run_id, state = _run(stack, "rtx_packing")
+        assert state == "success", stack.logs()
+        placements = _placements(stack, run_id)
+        results[strategy] = sorted(names[r] for r, _, _ in placements)
+        # from the tasks' own clocks: no runner ever held more memory than it has
+        for runner in {r for r, _, _ in placements}:
+            spans = [(s, e) for r, s, e in placements if r == runner]
+            for t, _ in spans:
+                at_once = sum(1 for s, e in spans if s <= t < e)
+                assert at_once * 1000 <= capacity[runner]
+    assert results["EvenSpreadStrategy"] == ["runner-large", "runner-large", "runner-small"]
+    assert results["MaxPackingStrategy"] == ["runner-large", "runner-small", "runner-small"]
