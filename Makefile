@@ -41,7 +41,7 @@ bench-placement: install
 	$(PY) -m bench.placement
 
 soak: install
-	$(PY) -m pytest -q -m soak tests/soak --run-soak
+	$(PY) -m pytest -q -s tests/soak
 
 demo: install
 	$(PY) -m deploy.demo start

@@ -33,6 +33,7 @@ from allocator.model import Request, RunnerState
 from allocator.strategies import get_strategy
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
+from runtime_executor.metrics import AllocatorMetrics
 from runtime_executor.settings import Settings
 
 log = structlog.get_logger("rtx.allocator")
@@ -62,6 +63,12 @@ class Allocator:
         self.upkeep = Loop("upkeep", self.upkeep_pass, settings.heartbeat_interval)
         self.listener = Listener(settings, self.name + "-listen")
         self.listener.subscribe("allocator", [lambda _payload: self.placement.wake()])
+        self.metrics = AllocatorMetrics()
+        # queue depth and unschedulable gauges: only when someone scrapes them (--metrics-port)
+        self._metrics_db = Database(settings, self.name + "-metrics") if settings.metrics_port else None
+        self.metrics_loop = (
+            Loop("metrics", self.metrics_pass, settings.allocator_poll_interval) if self._metrics_db else None
+        )
         self._last_prune = 0.0
         self.placed_total = 0
         self._stopped = threading.Event()
@@ -72,12 +79,18 @@ class Allocator:
         self.listener.start()
         self.placement.start()
         self.upkeep.start()
+        if self.metrics_loop is not None:
+            self.metrics_loop.start()
 
     def stop(self) -> None:
         """Finish the current pass (its transaction commits or rolls back), then stop."""
         self.listener.stop()
         self.placement.stop(timeout=30)
         self.upkeep.stop(timeout=30)
+        if self.metrics_loop is not None and self._metrics_db is not None:
+            self.metrics_loop.stop()
+            self._metrics_db.close()
+        self.metrics.close()
         self._placement_db.close()
         self._upkeep_db.close()
         self._stopped.set()
@@ -111,8 +124,11 @@ class Allocator:
                 for r in claimed
             ]
             result = self.strategy.place(requests, runners)
+            placed_rows = []
             if result.placements:
-                gw.assign([p.request_id for p in result.placements], [p.runner_id for p in result.placements])
+                placed_rows = gw.assign_placed(
+                    [p.request_id for p in result.placements], [p.runner_id for p in result.placements]
+                )
             if result.unschedulable:
                 for row in gw.mark_unschedulable(result.unschedulable):
                     log.warning(
@@ -128,6 +144,9 @@ class Allocator:
             ]
             if now_schedulable:
                 gw.clear_unschedulable(now_schedulable)
+        # observed once committed: a pass that rolled back placed nothing
+        self.metrics.placement_pass.observe(time.perf_counter() - started)
+        self.metrics.observe_placed(placed_rows)
         self.placed_total += len(result.placements)
         if result.placements:
             log.debug(
@@ -137,25 +156,38 @@ class Allocator:
                 reserved=len(result.reservations),
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
-        placed_per_queue = Counter(r.queue for r in requests if r.id in {p.request_id for p in result.placements})
+        placed_ids = {p.request_id for p in result.placements}
+        placed_per_queue = Counter(r.queue for r in requests if r.id in placed_ids)
         claimed_per_queue = Counter(r.queue for r in requests)
         # more work at hand when some queue had everything it claimed placed and its claim was full
         return any(
             placed_per_queue[q] == n and n >= limits.get(q, HEAD_OF_QUEUE) for q, n in claimed_per_queue.items()
         )
 
+    # -- metrics --------------------------------------------------------------------------------
+    def metrics_pass(self) -> bool:
+        """Queue depth and unschedulable gauges (only with --metrics-port): one read-only query."""
+        assert self._metrics_db is not None
+        with self._metrics_db.statements() as gw:
+            rows = gw.metrics_allocations()
+        self.metrics.set_allocations(rows)
+        return False
+
     # -- upkeep ---------------------------------------------------------------------------------
     def upkeep_pass(self) -> bool:
         with self._upkeep_db.transaction() as gw:
-            for row in gw.rescue_expired_runners():
-                if row["outcome"] == "runner":
-                    log.warning("runner lost: lease expired", runner=row["runner_name"])
-                elif row["outcome"] == "returned":
-                    log.info("allocation returned to the pool", allocation_id=str(row["id"]), runner=row["runner_name"])
-                else:
-                    log.warning("allocation lost with its runner", allocation_id=str(row["id"]), runner=row["runner_name"])
+            rescued = gw.rescue_expired_runners()
+        for row in rescued:  # logged and counted once committed
+            self.metrics.observe_rescue(row["outcome"])
+            if row["outcome"] == "runner":
+                log.warning("runner lost: lease expired", runner=row["runner_name"])
+            elif row["outcome"] == "returned":
+                log.info("allocation returned to the pool", allocation_id=str(row["id"]), runner=row["runner_name"])
+            else:
+                log.warning("allocation lost with its runner", allocation_id=str(row["id"]), runner=row["runner_name"])
         with self._upkeep_db.transaction() as gw:
             for row in gw.fail_unschedulable(self.settings.unschedulable_timeout):
+                self.metrics.unschedulable_failed.inc()
                 log.error(
                     "allocation failed: unschedulable",
                     allocation_id=str(row["id"]),

@@ -11,9 +11,11 @@ from runtime_executor.daemon import (
     check_database,
     common_options,
     fail,
+    loops_healthy,
     serve_until_signal,
     settings_from_cli,
 )
+from runtime_executor.metrics import serve_metrics
 from runtime_executor.resources import BadResourceRequest, parse_cpu, parse_memory_mb
 
 
@@ -38,7 +40,32 @@ def main() -> None:
     help="Warm task processes kept forked ahead of time (a task starts with one pipe write).",
 )
 @click.option("--poll-interval", "runner_poll_interval", type=float, default=None, help="Seconds between polls when no NOTIFY arrives.")
-def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, **options) -> None:
+@click.option(
+    "--usage-interval", type=float, default=None,
+    help="Seconds between samples of each task's CPU and memory (default 5). Also RTX_USAGE_INTERVAL.",
+)
+@click.option(
+    "--enforce-memory/--no-enforce-memory", default=None,
+    help="Stop a task whose memory passes its reservation by --memory-margin (default off: only warn, in the "
+    "runner's log and the task's own log). Also RTX_ENFORCE_MEMORY.",
+)
+@click.option(
+    "--memory-margin", type=click.FloatRange(min=0), default=None,
+    help="Percent over its memory reservation a task may use before --enforce-memory stops it (default 10). "
+    "Also RTX_MEMORY_MARGIN.",
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve Prometheus metrics (capacity, reserved and used resources, pickup latency, outcomes; see "
+    "docs/metrics.md) on this port at /metrics. Default 0 = off. Also RTX_METRICS_PORT.",
+)
+@click.option("--metrics-host", default=None, help="Address the metrics server binds to (default 127.0.0.1). Also RTX_METRICS_HOST.")
+@click.option(
+    "--serve-logs/--no-serve-logs", default=False, envvar="RTX_SERVE_LOGS", show_default=True,
+    help="Serve task logs on Airflow's [logging] worker_log_server_port for the api-server (as Celery workers "
+    "do), when it cannot read this host's log folder. One runner per host is enough. Also RTX_SERVE_LOGS.",
+)
+def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, serve_logs, **options) -> None:
     """Run assigned tasks until SIGTERM, then drain."""
     from runner.service import Capacity, Runner
 
@@ -65,7 +92,33 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, 
         spare_processes=spare_processes,
     )
     try:
+        serve_metrics(runner.metrics, settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
+    try:
         runner.start()
     except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
         fail(f"runner could not start: {exc}")
-    serve_until_signal(lambda: None, runner.drain_and_stop)
+    log_server = None
+    if serve_logs:
+        from runner.log_server import LogServer
+
+        log_server = LogServer()
+
+    def start() -> None:
+        if log_server is not None:
+            log_server.start()
+
+    def stop() -> None:
+        try:
+            runner.drain_and_stop()
+        finally:
+            if log_server is not None:
+                log_server.stop()  # after the drain: logs of finishing tasks stay readable
+
+    # systemd watchdog: renewed only while every loop is alive and recently succeeded
+    healthy = loops_healthy(
+        [runner.work, runner.heartbeat, runner.reaper, runner.usage.loop, runner.listener.loop],
+        stale_after=3 * settings.lease_timeout,
+    )
+    serve_until_signal(start, stop, healthy)

@@ -44,8 +44,10 @@ import structlog
 
 from runner import task_entry
 from runner.spares import SparePool
+from runner.usage import UsageMonitor, log_path_of, oom_kills
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
+from runtime_executor.metrics import RunnerMetrics
 from runtime_executor.settings import Settings
 
 log = structlog.get_logger("rtx.runner")
@@ -69,6 +71,16 @@ class TaskHandle:
     started: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
     term_sent_at: float | None = None
+    pid: int | None = None  # kept apart: the reaper closes ``process`` as soon as it exits
+    # what it reserved, and what the usage loop (runner.usage) saw it use
+    slots: int = 1
+    cpu: float = 0.0
+    memory_mb: int = 0
+    log_path: str | None = None  # its Airflow task log, relative to [logging] base_log_folder
+    rss_mb: int | None = None
+    peak_rss_mb: int | None = None
+    memory_warned: bool = False
+    oom_kills_at_start: int | None = None  # the cgroup's OOM-kill count when it started
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,19 @@ class Outcome:
     reason: str | None
 
 
-def describe_exit(code: int | None, stop_reason: str | None) -> tuple[str, str | None]:
-    """(state, reason) for a task process's exit code (negative = killed by that signal)."""
+def describe_exit(
+    code: int | None,
+    stop_reason: str | None,
+    *,
+    peak_rss_mb: int | None = None,
+    memory_mb: int = 0,
+    oom_killed: bool = False,
+) -> tuple[str, str | None]:
+    """(state, reason) for a task process's exit code (negative = killed by that signal).
+
+    A task the runner did not stop that died of SIGKILL with its peak memory at or over its
+    reservation, or any failure while the kernel's OOM killer struck the runner's cgroup
+    (``oom_killed``), is said to have likely run out of memory."""
     if code == 0 and stop_reason is None:
         return "succeeded", None
     if code is None:
@@ -90,6 +113,12 @@ def describe_exit(code: int | None, stop_reason: str | None) -> tuple[str, str |
         detail = f"task process killed by signal {signal.Signals(-code).name}"
     else:
         detail = f"task process exited with code {code}"
+    if stop_reason is None:
+        peak = f"peak memory {peak_rss_mb} MB" if peak_rss_mb is not None else ""
+        if code == -signal.SIGKILL and memory_mb > 0 and peak_rss_mb is not None and peak_rss_mb >= memory_mb:
+            detail += f" (likely out of memory: {peak}, reservation {memory_mb} MB)"
+        elif oom_killed:
+            detail += " (likely out of memory: the kernel's OOM killer ran" + (f"; {peak})" if peak else ")")
     return "failed", f"{stop_reason}: {detail}" if stop_reason else detail
 
 
@@ -112,6 +141,7 @@ class Runner:
         self.server_url = server_url
         self.runner_id = str(uuid.uuid4())
         self.draining = False
+        self.stopping = False
         self.lease_valid_until = 0.0
         self._tasks: dict[str, TaskHandle] = {}
         self._tasks_lock = threading.Lock()
@@ -131,6 +161,10 @@ class Runner:
         self.listener.subscribe("runner", [self._on_notify])
         self._task_entry = task_entry.entry_point()
         self.spares = SparePool(spare_processes)
+        self.metrics = RunnerMetrics(self.name)
+        self.metrics.set_capacity(capacity.slots, capacity.cpu, capacity.memory_mb)
+        self.metrics.track_reserved(self.reserved)
+        self.usage = UsageMonitor(self, settings, app)
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,6 +174,7 @@ class Runner:
         self.heartbeat.start()
         self.reaper.start()
         self.work.start()
+        self.usage.start()
 
     def _register(self, db: Database) -> None:
         sent = time.monotonic()
@@ -171,6 +206,7 @@ class Runner:
         """SIGTERM: take nothing new, give back what has not started, wait for running tasks up to
         ``drain_timeout``, then stop them, report every outcome and deregister."""
         timeout = self.settings.drain_timeout if timeout is None else timeout
+        self.stopping = True  # a drain on the way out: `rtx runner resume` cannot undo it
         self.draining = True
         log.info("runner draining", runner_id=self.runner_id, running=len(self._tasks), timeout=timeout)
         self._set_state(self._control_db, "draining", ["active"], release=True)
@@ -189,10 +225,12 @@ class Runner:
         self.work.stop()
         self.heartbeat.stop()
         self.reaper.stop()
+        self.usage.stop()
         self.spares.close()
         self._set_state(self._control_db, "stopped", ["active", "draining"], release=True)
         for db in (self._work_db, self._heartbeat_db, self._control_db):
             db.close()
+        self.metrics.close()
         if self._outcomes:
             log.error("runner stopped with unreported outcomes", count=len(self._outcomes))
         log.info("runner stopped", runner_id=self.runner_id)
@@ -234,6 +272,9 @@ class Runner:
             log.info("runner drain requested", runner_id=self.runner_id)
             self.draining = True
             self._set_state(self._heartbeat_db, "draining", ["draining"], release=True)
+        elif state == "active" and self.stopping:
+            log.warning("resume ignored: the runner is shutting down", runner_id=self.runner_id)
+            self._set_state(self._heartbeat_db, "draining", ["active"], release=True)
         elif state == "active" and self.draining:
             log.info("runner resumed", runner_id=self.runner_id)
             self.draining = False
@@ -257,11 +298,16 @@ class Runner:
         if self.can_start():
             with self._work_db.statements() as gw:
                 rows = gw.start_assigned(self.runner_id)
+            started_rows = time.monotonic()
             pids = {}
             for row in rows:
                 pid = self._spawn(row)
                 if pid is not None:
                     pids[str(row["id"])] = pid
+                    # insert -> task process started: age at the start query (database clock) + our time since
+                    self.metrics.pickup_latency.labels(row["queue"]).observe(
+                        max(0.0, row["age_s"] + time.monotonic() - started_rows)
+                    )
             if pids:
                 with self._work_db.statements() as gw:
                     gw.set_allocation_pids(self.runner_id, pids)
@@ -289,11 +335,24 @@ class Runner:
             )
             self.work.wake()
             return None
+        pid = process.pid  # before the handle is shared: a fast task may be reaped (closed) at once
+        handle = TaskHandle(
+            allocation_id,
+            self.runner_id,
+            label,
+            process,
+            pid=pid,
+            slots=row["slots"],
+            cpu=row["cpu"],
+            memory_mb=row["memory_mb"],
+            log_path=log_path_of(row["workload"]),
+            oom_kills_at_start=self.usage.oom_kills,
+        )
         with self._tasks_lock:
-            self._tasks[allocation_id] = TaskHandle(allocation_id, self.runner_id, label, process)
+            self._tasks[allocation_id] = handle
         self._wake_reaper()
-        log.info("task started", allocation_id=allocation_id, runner_id=self.runner_id, task=label, pid=process.pid)
-        return process.pid
+        log.info("task started", allocation_id=allocation_id, runner_id=self.runner_id, task=label, pid=pid)
+        return pid
 
     def _flush_outcomes(self) -> None:
         while self._outcomes:
@@ -303,6 +362,7 @@ class Runner:
                     outcome.allocation_id, outcome.runner_id, outcome.state, outcome.exit_code, outcome.reason
                 )
             self._outcomes.popleft()
+            self.metrics.observe_completion(state or "lost")
             if state is None:
                 log.warning(
                     "outcome not recorded: allocation no longer running on this runner (rescued)",
@@ -331,7 +391,13 @@ class Runner:
                 continue
             handle = handles[sentinel]
             handle.process.join(0)
-            state, reason = describe_exit(handle.process.exitcode, handle.stop_reason)
+            state, reason = describe_exit(
+                handle.process.exitcode,
+                handle.stop_reason,
+                peak_rss_mb=handle.peak_rss_mb,
+                memory_mb=handle.memory_mb,
+                oom_killed=_oom_killed_since(handle),
+            )
             self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, handle.process.exitcode, reason))
             with self._tasks_lock:
                 self._tasks.pop(handle.allocation_id, None)
@@ -343,7 +409,7 @@ class Runner:
             self._stop_all("runner could not renew its lease; stopping its tasks so they never run twice")
         for handle in list(self._tasks.values()):
             if handle.term_sent_at is not None and now - handle.term_sent_at > KILL_GRACE:
-                _signal_group(handle.process.pid, signal.SIGKILL)
+                _signal_group(handle.pid, signal.SIGKILL)
         return True
 
     def _stop(self, allocation_id: str, reason: str) -> None:
@@ -354,7 +420,7 @@ class Runner:
         handle.stop_reason = reason
         handle.term_sent_at = time.monotonic()
         log.warning("stopping task", allocation_id=allocation_id, runner_id=handle.runner_id, reason=reason)
-        _signal_group(handle.process.pid, signal.SIGTERM)
+        _signal_group(handle.pid, signal.SIGTERM)
         self._wake_reaper()
 
     def _stop_all(self, reason: str) -> None:
@@ -364,6 +430,28 @@ class Runner:
     @property
     def running_count(self) -> int:
         return len(self._tasks)
+
+    def task_handles(self) -> list[TaskHandle]:
+        with self._tasks_lock:
+            return list(self._tasks.values())
+
+    def reserved(self) -> tuple[int, float, int, int]:
+        """(slots, cpu, memory_mb, tasks) reserved by the tasks this runner runs."""
+        handles = self.task_handles()
+        return (
+            sum(h.slots for h in handles),
+            round(sum(h.cpu for h in handles), 3),
+            sum(h.memory_mb for h in handles),
+            len(handles),
+        )
+
+
+def _oom_killed_since(handle: TaskHandle) -> bool:
+    """Did the kernel's OOM killer strike the runner's cgroup while a failed task ran?"""
+    if handle.process.exitcode == 0 or handle.oom_kills_at_start is None:
+        return False
+    now = oom_kills()
+    return now is not None and now > handle.oom_kills_at_start
 
 
 def _signal_group(pid: int | None, sig: signal.Signals) -> None:

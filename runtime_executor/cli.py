@@ -7,10 +7,11 @@ import sys
 import time
 
 import click
+import psycopg
 
 from runtime_executor.daemon import STARTUP_ERRORS, common_options, fail, settings_from_cli
 from runtime_executor.db.connection import Database, connect
-from runtime_executor.db.migrate import latest_version, migrate
+from runtime_executor.db.migrate import grant, latest_version, migrate
 
 
 @click.group()
@@ -40,6 +41,30 @@ def db_migrate(**options) -> None:
         click.echo(f"schema {settings.schema}: applied {', '.join(applied)} (now at version {latest_version()})")
     else:
         click.echo(f"schema {settings.schema}: up to date (version {latest_version()})")
+
+
+@db.command("grant")
+@common_options
+@click.argument("role", type=click.Choice(["executor", "allocator", "runner", "status"]))
+@click.argument("login")
+def db_grant(role: str, login: str, **options) -> None:
+    """Give LOGIN (an existing Postgres role) only what the ROLE component needs.
+
+    Creates the group roles <schema>_executor, _allocator, _runner and _status (idempotent) and
+    grants one of them to LOGIN. Run it as the owner of rtx's schema.
+    """
+    settings = settings_from_cli(**options)
+    try:
+        conn = connect(settings, "rtx-cli")
+        try:
+            group = grant(conn, settings.schema, role, login)
+        finally:
+            conn.close()
+    except STARTUP_ERRORS as exc:
+        fail(str(exc))
+    except psycopg.Error as exc:
+        fail(f"cannot grant: {str(exc).strip().splitlines()[0]}")
+    click.echo(f"granted {group} to {login}")
 
 
 def _format_table(headers: list[str], rows: list[list[str]]) -> str:

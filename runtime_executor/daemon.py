@@ -9,15 +9,20 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import click
+import structlog
 
 from runtime_executor.db.connection import DatabaseUnavailable, connect
 from runtime_executor.db.migrate import SchemaMismatch, check_schema
 from runtime_executor.logs import configure_logging
+from runtime_executor.notify import Notifier
 from runtime_executor.settings import ConfigError, Settings, load_settings, redact_url
+
+log = structlog.get_logger("rtx.daemon")
 
 STARTUP_ERRORS = (ConfigError, DatabaseUnavailable, SchemaMismatch, ValueError)
 
@@ -68,9 +73,20 @@ def check_database(settings: Settings, application_name: str) -> None:
         fail(str(exc))
 
 
-def serve_until_signal(start: Callable[[], None], stop: Callable[[], None]) -> None:
-    """Run ``start``, wait for SIGTERM or SIGINT, then run ``stop`` (once)."""
+def serve_until_signal(
+    start: Callable[[], None],
+    stop: Callable[[], None],
+    healthy: Callable[[], bool] | None = None,
+) -> None:
+    """Run ``start``, wait for SIGTERM or SIGINT, then run ``stop`` (once).
+
+    Under systemd (``Type=notify``, see ``runtime_executor.notify``): ``READY=1`` once ``start``
+    returned; ``WATCHDOG=1`` every half ``WatchdogSec`` but only while ``healthy()`` holds, so a hung
+    daemon is killed and restarted by systemd; ``STOPPING=1`` on the signal. The watchdog keeps
+    running during ``stop``: a runner's drain may take minutes and is not a hang.
+    """
     stop_requested = threading.Event()
+    notifier = Notifier.from_environ(unset=True)  # task processes started later must not inherit it
 
     def _handler(signum: int, _frame: Any) -> None:
         stop_requested.set()
@@ -78,6 +94,67 @@ def serve_until_signal(start: Callable[[], None], stop: Callable[[], None]) -> N
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
     start()
+    notifier.ready("serving")
+    stopped = threading.Event()
+    interval = notifier.watchdog_interval
+    if interval is not None:
+        threading.Thread(
+            target=_watchdog, args=(notifier, healthy, interval, stopped), name="watchdog", daemon=True
+        ).start()
     while not stop_requested.wait(0.5):
         pass
-    stop()
+    notifier.stopping("stopping: finishing current work")
+    try:
+        stop()
+    finally:
+        stopped.set()
+
+
+def _watchdog(
+    notifier: Notifier, healthy: Callable[[], bool] | None, interval: float, stopped: threading.Event
+) -> None:
+    was_healthy = True
+    while True:
+        try:
+            ok = healthy is None or bool(healthy())
+        except Exception:  # noqa: BLE001 - a failing check means "not healthy", never a dead watchdog
+            log.exception("health check failed")
+            ok = False
+        if ok:
+            notifier.watchdog()
+        if ok != was_healthy:
+            if ok:
+                log.info("daemon healthy again; watchdog renewed")
+                notifier.status("serving")
+            else:
+                log.error("daemon unhealthy; not renewing the systemd watchdog")
+                notifier.status("unhealthy: not renewing the watchdog")
+            was_healthy = ok
+        if stopped.wait(interval):
+            return
+
+
+def loops_healthy(loops: Iterable[Any], stale_after: float) -> Callable[[], bool]:
+    """A ``healthy`` check for ``serve_until_signal`` over ``runtime_executor.loop.Loop`` objects:
+    each loop's thread is alive and finished a tick without error within ``stale_after`` seconds
+    (or three of its own intervals, when that is longer). A database outage therefore turns a
+    daemon unhealthy only after ``stale_after``; a dead or stuck loop does too."""
+    loops = list(loops)
+    reported: set[str] = set()
+
+    def check() -> bool:
+        now = time.monotonic()
+        bad = {
+            loop.name: "thread ended"
+            if not loop.is_alive()
+            else f"no successful tick for {now - loop.last_ok:.0f} s"
+            for loop in loops
+            if not loop.is_alive() or now - loop.last_ok > max(stale_after, 3 * loop.interval)
+        }
+        for name in bad.keys() - reported:
+            log.warning("loop unhealthy", loop=name, problem=bad[name])
+        reported.intersection_update(bad)
+        reported.update(bad)
+        return not bad
+
+    return check

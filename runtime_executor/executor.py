@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from airflow.configuration import conf
 from airflow.executors import workloads
 from airflow.executors.base_executor import BaseExecutor
@@ -27,8 +28,9 @@ from airflow.models.taskinstancekey import TaskInstanceKey
 from runtime_executor.db.connection import Database, DatabaseUnavailable, connect
 from runtime_executor.db.gateway import Gateway
 from runtime_executor.db.migrate import SchemaMismatch, check_schema
+from runtime_executor.metrics import ExecutorStats
 from runtime_executor.resources import BadResourceRequest, ResourceRequest, request_from_task
-from runtime_executor.settings import Settings, load_settings, redact_url, to_libpq_url
+from runtime_executor.settings import ConfigError, Settings, load_settings, redact_url, to_libpq_url
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -52,16 +54,20 @@ class RuntimeExecutor(BaseExecutor):
         self._allocation_ids: dict[Any, str] = {}
         self._dag_resources: dict[tuple[str, str], Any] = {}
         self._last_reconcile = time.monotonic()
+        self._stats = ExecutorStats(self.log)
 
     # -- start / stop -----------------------------------------------------------------------------
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            airflow_url = to_libpq_url(conf.get("database", "sql_alchemy_conn"))
+            try:
+                airflow_url = to_libpq_url(conf.get("database", "sql_alchemy_conn"))
+            except ConfigError:
+                airflow_url = ""  # Airflow on another database engine: rtx needs RTX_DATABASE_URL then
             settings = load_settings()
             if not settings.database_url:
                 settings = settings.with_overrides(database_url=airflow_url)
-            self._shares_airflow_db = _same_database(settings.database_url, airflow_url)
+            self._shares_airflow_db = bool(airflow_url) and _same_database(settings.database_url, airflow_url)
             self._settings = settings
         return self._settings
 
@@ -74,8 +80,11 @@ class RuntimeExecutor(BaseExecutor):
                 check_schema(conn, settings.schema)
             finally:
                 conn.close()
-        except (DatabaseUnavailable, SchemaMismatch) as exc:
+        except (DatabaseUnavailable, SchemaMismatch, ConfigError) as exc:
             raise RuntimeError(f"RuntimeExecutor cannot start: {redact_url(str(exc))}") from None
+        except psycopg.Error as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuntimeError(f"RuntimeExecutor cannot start: {redact_url(first_line)}") from None
         self._db = Database(settings, f"rtx-executor:{self.job_id}")
         self.log.info(
             "RuntimeExecutor started (schema %s, %s database)",
@@ -187,7 +196,9 @@ class RuntimeExecutor(BaseExecutor):
             try:
                 from airflow.models.dagbag import DBDagBag
 
-                dag = DBDagBag().get_dag(ti.dag_version_id, session=session)
+                # a savepoint: a failed lookup must not abort the scheduler's transaction
+                with session.begin_nested():
+                    dag = DBDagBag().get_dag(ti.dag_version_id, session=session)
                 if dag is not None and dag.has_task(ti.task_id):
                     resources = getattr(dag.get_task(ti.task_id), "resources", None)
             except Exception:  # noqa: BLE001 - resources are optional; never fail queueing over them
@@ -212,6 +223,8 @@ class RuntimeExecutor(BaseExecutor):
         except Exception as exc:  # noqa: BLE001 - the scheduler loop must survive a database hiccup
             self.log.warning("RuntimeExecutor.sync could not read outcomes: %s", redact_url(str(exc)))
             return
+        self._stats.completions(rows)
+        self._emit_gauges()
         for row in rows:
             key = _key_of(row)
             state = row["state"]
@@ -224,6 +237,18 @@ class RuntimeExecutor(BaseExecutor):
                 info = row["reason"] or f"allocation {row['id']} {state}"
                 self.fail(key, info=f"rtx: {info}")
                 self._allocation_ids.pop(key, None)
+
+    def _emit_gauges(self) -> None:
+        """rtx's capacity and queue gauges through Airflow's metrics: one query every ~10 s; never raises."""
+        if not self._stats.due():
+            return
+        try:
+            with self._database().statements() as gw:
+                row = gw.executor_metrics()
+        except Exception as exc:  # noqa: BLE001 - metrics never fail sync()
+            self.log.debug("RuntimeExecutor could not read metrics: %s", redact_url(str(exc)))
+            return
+        self._stats.gauges(row)
 
     def _reconcile(self, gw: Gateway) -> None:
         """Drop keys whose allocation vanished (e.g. the scheduler's transaction rolled back)."""
@@ -239,7 +264,7 @@ class RuntimeExecutor(BaseExecutor):
         """Cancel the allocation (a runner that already started it stops it). Never raises."""
         allocation_id = self._allocation_ids.pop(ti.key, None) or ti.external_executor_id
         try:
-            if allocation_id:
+            if _is_uuid(allocation_id):
                 with self._database().transaction() as gw:
                     gw.cancel_allocations([str(allocation_id)])
         except Exception as exc:  # noqa: BLE001 - revoke_task must not raise
@@ -248,7 +273,8 @@ class RuntimeExecutor(BaseExecutor):
         self.queued_tasks.pop(ti.key, None)
 
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
-        by_id = {str(ti.external_executor_id): ti for ti in tis if ti.external_executor_id}
+        # ids of other executors (e.g. Celery task ids) cannot be ours: they are simply not adopted
+        by_id = {str(ti.external_executor_id): ti for ti in tis if _is_uuid(ti.external_executor_id)}
         if not by_id:
             return list(tis)
         try:
@@ -276,6 +302,14 @@ def _key_of(row: dict) -> Any:
         try_number=row["try_number"],
         map_index=row["map_index"],
     )
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return False
+    return value is not None
 
 
 def _same_database(a: str, b: str) -> bool:

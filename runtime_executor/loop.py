@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import psycopg
@@ -45,8 +46,10 @@ class Loop:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+        self.last_ok = time.monotonic()  # end of the last tick that did not raise (health checks)
 
     def start(self) -> Loop:
+        self.last_ok = time.monotonic()
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -79,6 +82,7 @@ class Loop:
                     self._log_failure(exc, delay)
                     self._stopping.wait(delay)
                     continue
+                self.last_ok = time.monotonic()
                 if self.failures:
                     log.info("loop recovered", loop=self.name, after_failures=self.failures)
                     self.failures = 0

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_SLOTS = 64
+MAX_MEMORY_MB = 2**40  # 1 EiB: anything larger is a typo, and would not fit the database column
+MAX_CPU = 1e6
 RUNTIME_KEY = "runtime"
 ALLOWED_KEYS = ("cpu", "memory", "memory_mb", "slots")
 
@@ -54,8 +56,8 @@ def parse_cpu(value: Any, *, key: str = "cpu") -> float:
         cpu = float(value)
     except (TypeError, ValueError):
         raise BadResourceRequest(f"{key}={value!r} is not a number of cores (e.g. 1.5)") from None
-    if not math.isfinite(cpu) or cpu < 0:
-        raise BadResourceRequest(f"{key}={value!r} must be a finite number >= 0")
+    if not math.isfinite(cpu) or cpu < 0 or cpu > MAX_CPU:
+        raise BadResourceRequest(f"{key}={value!r} must be a number of cores from 0 to {MAX_CPU:g}")
     return cpu
 
 
@@ -76,7 +78,10 @@ def parse_memory_mb(value: Any, *, key: str = "memory") -> int:
         raise BadResourceRequest(f"{key}={value!r} is not an amount of memory")
     if not math.isfinite(number) or number < 0:
         raise BadResourceRequest(f"{key}={value!r} must be >= 0")
-    return math.ceil(number * _MEMORY_UNITS[unit] - 1e-9)
+    mb = math.ceil(number * _MEMORY_UNITS[unit] - 1e-9)
+    if mb > MAX_MEMORY_MB:
+        raise BadResourceRequest(f"{key}={value!r} is more than {MAX_MEMORY_MB} MB")
+    return mb
 
 
 def parse_slots(value: Any, *, key: str = "slots") -> int:
@@ -84,7 +89,7 @@ def parse_slots(value: Any, *, key: str = "slots") -> int:
         raise BadResourceRequest(f"{key}={value!r} is not a whole number")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
         value = int(value.strip())
     if not isinstance(value, int):
         raise BadResourceRequest(f"{key}={value!r} is not a whole number of slots")

@@ -21,6 +21,8 @@ from typing import Any
 
 SECTION = "runtime_executor"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "console", "json")
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,12 @@ class Settings:
     lease_timeout: float = 20.0
     runner_poll_interval: float = 2.0
     drain_timeout: float = 300.0
+    usage_interval: float = 5.0  # seconds between samples of the tasks' CPU and memory
+    enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
+    memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
     # all
+    metrics_port: int = 0  # Prometheus /metrics of a daemon; 0 = off
+    metrics_host: str = "127.0.0.1"
     retention: float = 86400.0
     log_format: str = "auto"
     log_level: str = "info"
@@ -107,7 +114,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             continue
         kind = type(getattr(Settings, f.name))
         try:
-            values[f.name] = kind(raw)
+            values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError:
             raise ConfigError(f"{f.name}={raw!r} is not a valid {kind.__name__}") from None
     settings = Settings(**values).with_overrides(**overrides)
@@ -117,6 +124,15 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         settings = replace(settings, database_url=to_libpq_url(settings.database_url))
     validate(settings)
     return settings
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def validate(settings: Settings) -> None:
@@ -130,6 +146,16 @@ def validate(settings: Settings) -> None:
             f"lease_timeout={settings.lease_timeout:g} must be more than twice "
             f"heartbeat_interval={settings.heartbeat_interval:g}"
         )
+    if settings.usage_interval <= 0:
+        raise ConfigError(f"usage_interval={settings.usage_interval!r} must be > 0")
+    if settings.memory_margin < 0:
+        raise ConfigError(f"memory_margin={settings.memory_margin!r} must be >= 0")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port={settings.metrics_port!r} must be a TCP port (0 = off)")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level={settings.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format={settings.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
     if settings.allocator_batch_size < 1:
         raise ConfigError(f"allocator_batch_size={settings.allocator_batch_size!r} must be >= 1")
 
@@ -137,4 +163,4 @@ def validate(settings: Settings) -> None:
 def redact_url(url: str) -> str:
     """The URL with any password replaced, safe for logs and error messages."""
     redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", redacted)
+    return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)", r"\1***", redacted)

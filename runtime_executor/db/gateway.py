@@ -101,6 +101,10 @@ class Gateway:
     def assign(self, ids: Sequence[str], runner_ids: Sequence[str]) -> int:
         return self.execute("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})
 
+    def assign_placed(self, ids: Sequence[str], runner_ids: Sequence[str]) -> list[Row]:
+        """``assign``, returning each placed row's id, queue and ``waited_s`` since its insert."""
+        return self.fetch("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})
+
     def mark_unschedulable(self, reasons: Mapping[str, str]) -> list[Row]:
         return self.fetch(
             "mark_unschedulable", {"ids": list(reasons), "reasons": list(reasons.values())}
@@ -157,6 +161,19 @@ class Gateway:
         )
         return rows[0]["state"] if rows else None
 
+    def update_usage(
+        self,
+        ids: Sequence[str],
+        runner_ids: Sequence[str],
+        cpu_percents: Sequence[float],
+        rss_mbs: Sequence[int],
+    ) -> int:
+        """One usage sample of running allocations (latest cpu and memory, peak memory), in one statement."""
+        return self.execute(
+            "update_usage",
+            {"ids": list(ids), "runner_ids": list(runner_ids), "cpu_percents": list(cpu_percents), "rss_mbs": list(rss_mbs)},
+        )
+
     def release_assigned(self, runner_id: str) -> list[str]:
         return [str(r["id"]) for r in self.fetch("release_assigned", {"runner_id": runner_id})]
 
@@ -172,3 +189,10 @@ class Gateway:
 
     def count_by_state(self) -> list[Row]:
         return self.fetch("count_by_state")
+
+    # -- metrics --------------------------------------------------------------------------------
+    def metrics_allocations(self) -> list[Row]:
+        return self.fetch("metrics_allocations")
+
+    def executor_metrics(self) -> Row:
+        return self.fetch("executor_metrics")[0]

@@ -35,14 +35,26 @@ def latest_version() -> int:
 
 
 def current_version(conn, schema: str) -> int:
-    """The highest applied migration, 0 for an empty or missing schema."""
+    """The highest applied migration, 0 for an empty or missing schema.
+
+    Tables of rtx without a version record are refused: that schema was not made by ``migrate``.
+    """
     cur = conn.cursor()
     try:
         cur.execute("SELECT to_regclass(%(t)s)", {"t": f'"{schema}".schema_migrations'})
-        if cur.fetchone()[0] is None:
-            return 0
-        cur.execute(f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations')
-        return int(cur.fetchone()[0])
+        has_versions = cur.fetchone()[0] is not None
+        version = 0
+        if has_versions:
+            cur.execute(f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations')
+            version = int(cur.fetchone()[0])
+        if version == 0:
+            cur.execute("SELECT to_regclass(%(t)s)", {"t": f'"{schema}".allocations'})
+            if cur.fetchone()[0] is not None:
+                raise SchemaMismatch(
+                    f'rtx schema "{schema}" has tables but no migration record; '
+                    "restore the schema_migrations table or drop the schema and run `rtx db migrate`"
+                )
+        return version
     finally:
         cur.close()
 
@@ -89,3 +101,24 @@ def check_schema(conn, schema: str, *, create_if_empty: bool = True) -> int:
             f'rtx schema "{schema}" is at version {version}, newer than this code ({latest}): upgrade rtx'
         )
     return version
+
+
+ROLE_KINDS = ("executor", "allocator", "runner", "status")
+
+
+def grant(conn, schema: str, kind: str, login: str) -> str:
+    """Create (or refresh) the least-privilege group roles and grant ``<schema>_<kind>`` to ``login``."""
+    from psycopg import sql
+
+    query("claim_unassigned", schema)  # validates the schema name
+    if kind not in ROLE_KINDS:
+        raise ValueError(f"role {kind!r} must be one of {', '.join(ROLE_KINDS)}")
+    text = resources.files("runtime_executor.db").joinpath("grants.sql").read_text()
+    text = text.replace("{schema}", f'"{schema}"').replace("{prefix}", schema)
+    group = f"{schema}_{kind}"
+    with conn.transaction():
+        cur = conn.cursor()
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": f"rtx.grant.{schema}"})
+        cur.execute(text)
+        cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(login)))
+    return group

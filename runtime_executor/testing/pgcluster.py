@@ -64,13 +64,13 @@ def _service_user() -> pwd.struct_passwd | None:
 class PgCluster:
     """``initdb`` once under ``root``; ``start``/``stop``/``restart`` with pg_ctl; TCP on 127.0.0.1."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, bin_dir: Path | None = None) -> None:
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.logfile = self.root / "postgres.log"
         self.port = port or free_port()
-        self.bin = find_bin_dir()
+        self.bin = Path(bin_dir) if bin_dir is not None else find_bin_dir()
         self.user = _service_user()
 
     @property

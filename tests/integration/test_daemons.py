@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import psutil
+
+from runtime_executor.testing.daemons import query, wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import (
     FAST,
@@ -94,3 +97,19 @@ def test_sigterm_drains_the_runner(db, daemons, tmp_path):
     # a new runner picks the rest up
     daemons.runner("--slots", "1", name="r2", **FAST)
     assert set(wait_states(daemons.db_url, queued, DONE).values()) == {"succeeded"}
+
+
+def test_workload_token_never_in_argv_or_logs_and_cleared_when_done(db, daemons, tmp_path):
+    secret = "tok-" + "7" * 40
+    record = tmp_path / "record.txt"
+    daemons.allocator(**FAST)
+    runner = daemons.runner(name="r1", **FAST)
+    wait_runners(daemons.db_url, 1)
+    [allocation] = insert_allocations(db, 1, workload={"sleep": 1.5, "record": str(record), "token": secret})
+    wait_for(lambda: any(r[0] == "start" for r in read_records(record)), 20, what="the task to start")
+    for proc in psutil.process_iter(["cmdline"]):  # while the task runs
+        assert secret not in " ".join(proc.info["cmdline"] or []), proc.pid
+    assert wait_states(daemons.db_url, [allocation], DONE) == {allocation: "succeeded"}
+    [(workload,)] = query(daemons.db_url, "SELECT workload FROM runtime_executor.allocations WHERE id = %(a)s", {"a": allocation})
+    assert workload is None  # cleared once terminal
+    assert secret not in runner.log()

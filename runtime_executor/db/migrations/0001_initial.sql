@@ -88,41 +88,50 @@ CREATE INDEX allocation_events_allocation ON {schema}.allocation_events (allocat
 -- "<schema>.runner" with the runner id as payload (work, a cancel or a state change for that runner).
 -- NOTIFY is delivered at commit and deduplicated per transaction, so a batch of assignments wakes
 -- each runner once.
-CREATE FUNCTION {schema}.on_allocation_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Trigger functions run as the schema owner (SECURITY DEFINER, fixed search_path), so the
+-- least-privilege roles of `rtx db grant` need no rights on allocation_events.
+-- Statement-level triggers with transition tables: one audit INSERT and one NOTIFY per runner for
+-- a whole batch, instead of per-row work (a placement pass assigns thousands of rows at once).
+CREATE FUNCTION {schema}.on_allocations_inserted() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    INSERT INTO {schema}.allocation_events (allocation_id, runner_id, from_state, to_state)
+         SELECT n.id, n.runner_id, NULL, n.state FROM new_rows AS n;
     PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
     RETURN NULL;
 END $$;
-CREATE TRIGGER allocation_inserted AFTER INSERT ON {schema}.allocations
-    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.on_allocation_insert();
+CREATE TRIGGER allocations_inserted AFTER INSERT ON {schema}.allocations
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.on_allocations_inserted();
 
-CREATE FUNCTION {schema}.on_allocation_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION {schema}.on_allocations_updated() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        EXECUTE format('INSERT INTO %I.allocation_events (allocation_id, runner_id, from_state, to_state)'
-                       ' VALUES ($1, $2, NULL, $3)', TG_TABLE_SCHEMA)
-            USING NEW.id, NEW.runner_id, NEW.state;
-        RETURN NULL;
-    END IF;
-    IF NEW.state IS DISTINCT FROM OLD.state THEN
-        EXECUTE format('INSERT INTO %I.allocation_events (allocation_id, runner_id, from_state, to_state)'
-                       ' VALUES ($1, $2, $3, $4)', TG_TABLE_SCHEMA)
-            USING NEW.id, coalesce(NEW.runner_id, OLD.runner_id), OLD.state, NEW.state;
-        IF NEW.state = 'assigned' THEN
-            PERFORM pg_notify(TG_TABLE_SCHEMA || '.runner', NEW.runner_id::text);
-        ELSIF NEW.state = 'unassigned' OR OLD.state IN ('assigned', 'running') THEN
-            -- work came back, or capacity was freed
-            PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
-        END IF;
-    ELSIF NEW.cancel_requested AND NOT OLD.cancel_requested AND NEW.runner_id IS NOT NULL THEN
-        PERFORM pg_notify(TG_TABLE_SCHEMA || '.runner', NEW.runner_id::text);
+    INSERT INTO {schema}.allocation_events (allocation_id, runner_id, from_state, to_state)
+         SELECT n.id, coalesce(n.runner_id, o.runner_id), o.state, n.state
+           FROM new_rows AS n JOIN old_rows AS o USING (id)
+          WHERE n.state IS DISTINCT FROM o.state;
+    -- wake each runner that got work or a cancel
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.runner', r.runner_id::text)
+       FROM (SELECT DISTINCT n.runner_id
+               FROM new_rows AS n JOIN old_rows AS o USING (id)
+              WHERE n.runner_id IS NOT NULL
+                AND ((n.state = 'assigned' AND o.state IS DISTINCT FROM 'assigned')
+                     OR (n.cancel_requested AND NOT o.cancel_requested))) AS r;
+    -- wake the allocator when work came back or capacity was freed
+    IF EXISTS (SELECT 1 FROM new_rows AS n JOIN old_rows AS o USING (id)
+                WHERE (n.state = 'unassigned' AND o.state <> 'unassigned')
+                   OR (o.state IN ('assigned', 'running') AND n.state NOT IN ('assigned', 'running'))) THEN
+        PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER allocation_changed AFTER INSERT OR UPDATE ON {schema}.allocations
-    FOR EACH ROW EXECUTE FUNCTION {schema}.on_allocation_change();
+CREATE TRIGGER allocations_updated AFTER UPDATE ON {schema}.allocations
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.on_allocations_updated();
 
-CREATE FUNCTION {schema}.on_runner_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION {schema}.on_runner_change() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'INSERT' OR NEW.state IS DISTINCT FROM OLD.state THEN
         PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');

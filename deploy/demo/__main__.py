@@ -1,0 +1,5 @@
+import sys
+
+from deploy.demo.demo import main
+
+sys.exit(main())
