@@ -119,7 +119,7 @@ class RuntimeExecutor(BaseExecutor):
         allocation_id = str(ti.external_executor_id or uuid.uuid4())
         state, reason = "unassigned", None
         try:
-            request = request_from_task(ti.executor_config, self._airflow_resources(ti, session))
+            request = request_from_task(ti.executor_config, self._airflow_resources(ti))
         except BadResourceRequest as exc:
             request = ResourceRequest()
             state = "failed"
@@ -186,7 +186,7 @@ class RuntimeExecutor(BaseExecutor):
             with self._database().transaction() as gw:
                 gw.insert_allocation(**row)
 
-    def _airflow_resources(self, ti: Any, session: Session) -> Any:
+    def _airflow_resources(self, ti: Any) -> Any:
         """Airflow's own ``resources=`` of the task (not on the TI: read from the serialized DAG)."""
         if isinstance(ti.executor_config, dict) and "runtime" in ti.executor_config:
             return None
@@ -195,14 +195,17 @@ class RuntimeExecutor(BaseExecutor):
             resources = None
             try:
                 from airflow.models.dagbag import DBDagBag
+                from airflow.utils.session import create_session
 
-                # a savepoint: a failed lookup must not abort the scheduler's transaction
-                with session.begin_nested():
-                    dag = DBDagBag().get_dag(ti.dag_version_id, session=session)
-                if dag is not None and dag.has_task(ti.task_id):
-                    resources = getattr(dag.get_task(ti.task_id), "resources", None)
+                # Its own session: a failed lookup must not abort the scheduler's transaction, and
+                # the scheduler forbids commits (even of a savepoint) on its own session here.
+                with create_session(scoped=False) as own_session:
+                    dag = DBDagBag().get_dag(ti.dag_version_id, session=own_session)
+                    if dag is not None and dag.has_task(ti.task_id):
+                        resources = getattr(dag.get_task(ti.task_id), "resources", None)
             except Exception:  # noqa: BLE001 - resources are optional; never fail queueing over them
-                self.log.debug("could not read resources of %s.%s", ti.dag_id, ti.task_id, exc_info=True)
+                self.log.warning("could not read resources of %s.%s", ti.dag_id, ti.task_id, exc_info=True)
+                return None  # not cached: the next task of this DAG version tries again
             if len(self._dag_resources) > 10000:
                 self._dag_resources.clear()
             self._dag_resources[cache_key] = resources

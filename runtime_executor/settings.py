@@ -14,6 +14,7 @@ import configparser
 import contextlib
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -81,15 +82,29 @@ def _lookup(name: str, env: Mapping[str, str], cfg: configparser.ConfigParser) -
 
 
 def airflow_database_url(env: Mapping[str, str] | None = None) -> str:
-    """Airflow's metadata database as a libpq URL, or '' when none is configured."""
+    """Airflow's metadata database as a libpq URL, or '' when none is configured.
+
+    Reads ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, its ``_CMD`` variant (the command's output, as
+    Airflow does), then the same keys in airflow.cfg. ``_SECRET`` needs Airflow's secrets backend:
+    set ``RTX_DATABASE_URL`` for the daemons in that case.
+    """
     env = os.environ if env is None else env
     url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or env.get("AIRFLOW__CORE__SQL_ALCHEMY_CONN")
-    if not url:
+    command = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD")
+    if not url and not command:
         cfg = _airflow_cfg()
         for section in ("database", "core"):
             if cfg.has_option(section, "sql_alchemy_conn"):
                 url = cfg.get(section, "sql_alchemy_conn")
                 break
+            if cfg.has_option(section, "sql_alchemy_conn_cmd"):
+                command = cfg.get(section, "sql_alchemy_conn_cmd")
+                break
+    if not url and command:
+        result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise ConfigError(f"sql_alchemy_conn_cmd exited with code {result.returncode}")
+        url = result.stdout.strip()
     return to_libpq_url(url) if url else ""
 
 

@@ -135,6 +135,13 @@ def demo_dir(option: str | None) -> Path:
     return Path(option or os.environ.get("RTX_DEMO_DIR") or REPO / ".demo").resolve()
 
 
+def stop_command(root: Path) -> str:
+    """What to type to stop the demo in ``root``."""
+    if root == (REPO / ".demo").resolve():
+        return "make demo-stop"
+    return f"{rel(Path(sys.executable))} -m deploy.demo stop --dir {shlex.quote(rel(root))}"
+
+
 class State:
     """``<dir>/state.json``: what this demo started, rewritten (atomically) after every change."""
 
@@ -263,6 +270,7 @@ def stop_processes(state: State, report: bool = True) -> None:
                 if report:
                     say(f"  {entry['name']:<14} pid {entry['pid']:<8} was not running")
                 continue
+            children: list[psutil.Process] = []
             with contextlib.suppress(psutil.Error):
                 children = proc.children(recursive=True)
             # a runner drains on SIGTERM and stops its own tasks; Airflow's components get it as a group
@@ -283,8 +291,7 @@ def stop_processes(state: State, report: bool = True) -> None:
             _signal(proc, signal.SIGKILL, group=True)
         psutil.wait_procs(alive, timeout=10)
         # children (warm task processes, workers) normally end with their parent; give them a moment
-        children = [c for _, _, kids in running.values() for c in kids]
-        _gone, stragglers = psutil.wait_procs(children, timeout=5)
+        _gone, stragglers = psutil.wait_procs([c for _, _, kids in running.values() for c in kids], timeout=5)
         leftovers = 0
         for child in stragglers:
             with contextlib.suppress(psutil.Error):
@@ -655,7 +662,7 @@ def start(args: argparse.Namespace) -> int:
                     ui = previous.data.get("ui") or "?"
                     raise DemoError(
                         f"a demo is already running ({ui}, {len(alive)} processes from {rel(previous.path)})",
-                        "stop it first with: make demo-stop",
+                        f"stop it first with: {stop_command(root)}",
                     )
                 say("  (an earlier demo left a state file but no process runs: cleaning it up)")
                 stop_database(previous, root, report=False)
@@ -663,7 +670,7 @@ def start(args: argparse.Namespace) -> int:
             state = State(root)
             _start(args, root, state)
             say(
-                f"\nThe demo is running (started in {time.monotonic() - began:.0f}s). Stop it with: make demo-stop"
+                f"\nThe demo is running (started in {time.monotonic() - began:.0f}s). Stop it with: {stop_command(root)}"
             )
             return 0
     except (DemoError, Exception, KeyboardInterrupt) as exc:
@@ -691,7 +698,7 @@ def start(args: argparse.Namespace) -> int:
             state.remove()
         elif stack_up:
             say(
-                f"  the demo keeps running so you can look at it ({state.data.get('ui')}); stop it with: make demo-stop"
+                f"  the demo keeps running so you can look at it ({state.data.get('ui')}); stop it with: {stop_command(root)}"
             )
         return 1
     finally:
@@ -851,7 +858,7 @@ def _start(args: argparse.Namespace, root: Path, state: State) -> None:
     say(f"                   task logs {rel(stack.home / 'logs')}/")
     if (state.data.get("database") or {}).get("embedded"):
         say(f"                   PostgreSQL {rel(state.data['database']['log'])}")
-    say(f"  state            {rel(state.path)} (pids), stop with: make demo-stop")
+    say(f"  state            {rel(state.path)} (pids), stop with: {stop_command(root)}")
 
 
 class _UpError(DemoError):

@@ -104,7 +104,7 @@ def test_demo_starts_runs_the_example_and_stops(demo_dir):
         # what the user is told
         assert f"UI               {ui}   login admin / admin" in out
         assert f"{ui}plugin/executor-status" in out and "Browse → Executor Status" in out
-        assert "make demo-stop" in out
+        assert f"-m deploy.demo stop --dir {demo}" in out  # not `make demo-stop`: this is not .demo
         assert "rtx_example triggered through the REST API" in out and ": success" in out
         assert "Runners (slots/cpu/memory MB)" in out  # the real `rtx status` output
         assert "demo-small" in out and "demo-large" in out

