@@ -47,7 +47,7 @@ demo: install
 	$(PY) -m deploy.demo start
 
 demo-stop:
-	$(PY) -m deploy.demo stop
+	@if [ -x $(PY) ]; then $(PY) -m deploy.demo stop; else echo "no $(VENV): no demo to stop"; fi
 
-clean:
+clean: demo-stop
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

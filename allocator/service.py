@@ -57,7 +57,7 @@ class Allocator:
         self.settings = settings
         self.strategy = get_strategy(settings.strategy)
         self.name = f"rtx-allocator@{socket.gethostname()}:{os.getpid()}"
-        self._placement_db = Database(settings, self.name)
+        self._placement_db = Database(settings, self.name, async_commit=True)
         self._upkeep_db = Database(settings, self.name + "-upkeep")
         self.placement = Loop("placement", self.place_pass, settings.allocator_poll_interval)
         self.upkeep = Loop("upkeep", self.upkeep_pass, settings.heartbeat_interval)
@@ -103,7 +103,6 @@ class Allocator:
         with self._placement_db.transaction() as gw:
             if not gw.has_unassigned():
                 return False
-            gw.local_async_commit()  # see queries/local_async_commit.sql for why this is safe
             # Lock first, then read what the runners hold, then claim: see the invariant above.
             runner_rows = gw.lock_live_runners()
             held = {str(r["runner_id"]): r for r in gw.runner_reservations([r["id"] for r in runner_rows])}

@@ -21,8 +21,9 @@ import psutil
 
 DEFAULT_ENTRY = "runner.task_process:run"
 
-# Never handed to a task: the runner's own database URL.
-PRIVATE_ENV = ("RTX_DATABASE_URL",)
+# Never handed to a task: the runner's own database URL, and systemd's notify socket (the tasks
+# are not the service).
+PRIVATE_ENV = ("RTX_DATABASE_URL", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 TaskFunction = Callable[[str, dict[str, str], "str | None", str], None]
 

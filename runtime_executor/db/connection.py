@@ -21,7 +21,9 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the message is safe to log (no password)."""
 
 
-def connect(settings: Settings, application_name: str, *, autocommit: bool = True) -> psycopg.Connection:
+def connect(
+    settings: Settings, application_name: str, *, autocommit: bool = True, async_commit: bool = False
+) -> psycopg.Connection:
     if not settings.database_url:
         raise DatabaseUnavailable(
             "no database configured: set RTX_DATABASE_URL (or --database-url) or Airflow's "
@@ -38,6 +40,8 @@ def connect(settings: Settings, application_name: str, *, autocommit: bool = Tru
             keepalives_idle=5,
             keepalives_interval=2,
             keepalives_count=3,
+            # see Database(async_commit=...) for when this is safe
+            **({"options": "-c synchronous_commit=off"} if async_commit else {}),
         )
     except psycopg.Error as exc:
         message = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -49,15 +53,19 @@ def connect(settings: Settings, application_name: str, *, autocommit: bool = Tru
 class Database:
     """One lazily (re)opened connection and the gateway over it."""
 
-    def __init__(self, settings: Settings, application_name: str) -> None:
+    def __init__(self, settings: Settings, application_name: str, *, async_commit: bool = False) -> None:
+        """``async_commit``: commits do not wait for the WAL flush. Only for the allocator's
+        placement passes: an assignment lost in a crash reverts to 'unassigned', and anything that
+        depends on it (a runner's synchronous start) flushes the WAL up to and including it first."""
         self.settings = settings
         self.application_name = application_name
+        self.async_commit = async_commit
         self._conn: psycopg.Connection | None = None
 
     @property
     def connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings, self.application_name)
+            self._conn = connect(self.settings, self.application_name, async_commit=self.async_commit)
         return self._conn
 
     @contextmanager

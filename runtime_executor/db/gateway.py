@@ -86,9 +86,6 @@ class Gateway:
     def runner_reservations(self, runner_ids: Sequence[str]) -> list[Row]:
         return self.fetch("runner_reservations", {"runner_ids": list(runner_ids)})
 
-    def local_async_commit(self) -> None:
-        self.execute("local_async_commit")
-
     def has_unassigned(self) -> bool:
         return bool(self.fetch("has_unassigned")[0]["pending"])
 
