@@ -109,6 +109,7 @@ class Allocator:
             runners = [_runner_state(r, held.get(str(r["id"]))) for r in runner_rows]
             limits = claim_limits(runners, self.settings.allocator_batch_size)
             claimed = gw.claim_unassigned(limits, HEAD_OF_QUEUE)
+            claimed_at = time.perf_counter()
             if not claimed:
                 return False
             requests = [
@@ -125,9 +126,14 @@ class Allocator:
             result = self.strategy.place(requests, runners)
             placed_rows = []
             if result.placements:
-                placed_rows = gw.assign_placed(
-                    [p.request_id for p in result.placements], [p.runner_id for p in result.placements]
-                )
+                gw.assign([p.request_id for p in result.placements], [p.runner_id for p in result.placements])
+                # placement latency: age at the claim (database clock) + this pass's time since
+                since_claim = time.perf_counter() - claimed_at
+                by_id = {str(r["id"]): r for r in claimed}
+                placed_rows = [
+                    {"queue": by_id[p.request_id]["queue"], "waited_s": by_id[p.request_id]["waited_s"] + since_claim}
+                    for p in result.placements
+                ]
             if result.unschedulable:
                 for row in gw.mark_unschedulable(result.unschedulable):
                     log.warning(

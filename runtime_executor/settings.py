@@ -36,7 +36,7 @@ class Settings:
     schema: str = "runtime_executor"
     # allocator
     strategy: str = "EvenSpreadStrategy"
-    allocator_batch_size: int = 2000
+    allocator_batch_size: int = 5000
     allocator_poll_interval: float = 2.0
     unschedulable_timeout: float = 600.0
     # runner

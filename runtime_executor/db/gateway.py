@@ -98,10 +98,6 @@ class Gateway:
     def assign(self, ids: Sequence[str], runner_ids: Sequence[str]) -> int:
         return self.execute("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})
 
-    def assign_placed(self, ids: Sequence[str], runner_ids: Sequence[str]) -> list[Row]:
-        """``assign``, returning each placed row's id, queue and ``waited_s`` since its insert."""
-        return self.fetch("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})
-
     def mark_unschedulable(self, reasons: Mapping[str, str]) -> list[Row]:
         return self.fetch(
             "mark_unschedulable", {"ids": list(reasons), "reasons": list(reasons.values())}

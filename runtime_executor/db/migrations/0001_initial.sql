@@ -45,7 +45,8 @@ CREATE TABLE {schema}.allocations (
     state             text NOT NULL DEFAULT 'unassigned'
                       CHECK (state IN ('unassigned', 'assigned', 'running', 'succeeded', 'failed',
                                        'cancelled', 'lost')),
-    runner_id         uuid REFERENCES {schema}.runners (id) ON DELETE SET NULL,
+    runner_id         uuid,               -- no foreign key: assignments come from locked runner rows, and
+                                          -- a per-row FK check would cost ~10% of a placement pass
     workload          text,               -- the Airflow workload JSON (holds the token); cleared when terminal
     scheduler_job_id  integer,            -- the scheduler job whose executor reports this allocation
     reported_state    text,               -- the last state the executor reported to the scheduler

@@ -9,7 +9,8 @@ WITH RECURSIVE q AS (  -- the queues with pending work, by a skip scan of alloca
              WHERE a.state = 'unassigned' AND a.queue > q.queue ORDER BY a.queue LIMIT 1)
       FROM q WHERE q.queue IS NOT NULL
 )
-SELECT a.id, a.queue, a.slots, a.cpu, a.memory_mb, a.priority_weight, a.unschedulable_reason, a.created_at
+SELECT a.id, a.queue, a.slots, a.cpu, a.memory_mb, a.priority_weight, a.unschedulable_reason, a.created_at,
+       extract(epoch FROM clock_timestamp() - a.created_at)::float8 AS waited_s  -- database clock
   FROM q
   LEFT JOIN unnest(%(queues)s::text[], %(limits)s::integer[]) AS l(queue, lim) ON l.queue = q.queue
   CROSS JOIN LATERAL (
