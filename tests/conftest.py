@@ -7,6 +7,7 @@ none answers, a temporary cluster is started from the server binaries (system Po
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -43,14 +44,21 @@ def _with_db(admin_url: str, dbname: str) -> str:
     return urlsplit(admin_url)._replace(path=f"/{dbname}").geturl()
 
 
+@contextlib.contextmanager
+def throwaway_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the test server, dropped afterwards; yields its URL."""
+    name = f"rtx_test_{uuid.uuid4().hex[:12]}"
+    create_database(admin_url, name)
+    try:
+        yield _with_db(admin_url, name)
+    finally:
+        drop_database(admin_url, name)
+
+
 @pytest.fixture
 def db_url(pg_admin_url) -> Iterator[str]:
-    name = f"rtx_test_{uuid.uuid4().hex[:12]}"
-    create_database(pg_admin_url, name)
-    try:
-        yield _with_db(pg_admin_url, name)
-    finally:
-        drop_database(pg_admin_url, name)
+    with throwaway_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from deploy.demo.demo import port_free
 from runtime_executor.testing.pgcluster import free_port
 
 pytestmark = pytest.mark.e2e
@@ -55,16 +55,6 @@ def _same_process_alive(entry: dict) -> bool:
         return abs(proc.create_time() - entry["create_time"]) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -181,8 +171,8 @@ def test_demo_starts_runs_the_example_and_stops(demo_dir):
         assert not _same_process_alive(entry), entry
         assert f"pid {entry['pid']}" in stop.stdout
     assert "stopped with pg_ctl stop" in stop.stdout
-    assert _port_free(port)
-    assert _port_free(state["database"]["port"])
+    assert port_free(port)
+    assert port_free(state["database"]["port"])
     assert not state_file.exists()
     # stopping again is a no-op that says so
     again = _demo(env, "stop", timeout=30)

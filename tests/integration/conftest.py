@@ -19,8 +19,7 @@ import pytest
 from runtime_executor.db.connection import Database
 from runtime_executor.db.migrate import migrate
 from runtime_executor.settings import Settings
-from runtime_executor.testing.pgcluster import create_database, drop_database
-from tests.conftest import _with_db
+from tests.conftest import throwaway_database
 
 REPO = Path(__file__).resolve().parents[2]
 UNREACHABLE_URL = "postgresql://user:s3cretpw@127.0.0.1:1/x"
@@ -299,9 +298,5 @@ def run_clis(
 @pytest.fixture(scope="module")
 def module_db_url(pg_admin_url) -> Iterator[str]:
     """A database shared by the tests of one module (for a long-lived daemon)."""
-    name = f"rtx_test_{uuid.uuid4().hex[:12]}"
-    create_database(pg_admin_url, name)
-    try:
-        yield _with_db(pg_admin_url, name)
-    finally:
-        drop_database(pg_admin_url, name)
+    with throwaway_database(pg_admin_url) as url:
+        yield url
