@@ -1,13 +1,14 @@
 """rtx-allocator: places unassigned allocations on live runners.
 
-Two loops share the process:
+Loops of the process (plus a metrics loop with --metrics-port):
 
 * placement (woken by NOTIFY "<schema>.allocator": a new allocation, freed capacity, a runner that
   joined or left; polls every ``allocator_poll_interval`` otherwise). One pass is one transaction:
-  claim pending rows (``FOR UPDATE SKIP LOCKED``), lock the live runners (``FOR UPDATE``, id order),
-  read what each runner already holds, let the strategy decide, write the assignments. Holding the
-  runner locks from the read of their usage to the commit of the assignments is what keeps the
-  invariant below with any number of allocators.
+  lock the live runners (``FOR UPDATE``, id order, so allocators never deadlock), read what each
+  already holds, claim pending rows per queue up to what its free slots could take
+  (``FOR UPDATE SKIP LOCKED``), let the strategy decide, write the assignments. Holding the runner
+  locks from the read of their usage to the commit of the assignments is what keeps the invariant
+  below with any number of allocators. Passes commit asynchronously (see ``Database``).
 * upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
   stayed unschedulable past ``unschedulable_timeout``, prune finished rows after ``retention``.
 

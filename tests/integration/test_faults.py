@@ -195,14 +195,20 @@ def test_allocator_killed_mid_pass_leaves_nothing_claimed(db, daemons, tmp_path)
     assert assigned_twice == []
 
 
-def test_task_killed_by_a_signal_is_reported_with_it(db, daemons, tmp_path):
-    """Promise 8 (signal part): a task killed by the kernel is reported failed naming the signal."""
+def _one_long_task(db, daemons, tmp_path) -> tuple[str, int]:
+    """An allocator, one runner, and one task that runs for a minute: (allocation id, task pid)."""
     daemons.allocator(**FAST)
     daemons.runner(name="r1", **FAST)
     wait_runners(daemons.db_url, 1)
     record = tmp_path / "record.txt"
     [task] = insert_allocations(db, 1, workload={"sleep": 60, "record": str(record)})
     [pid] = wait_for(lambda: _pids_of(read_records(record), [task]), 20)
+    return task, pid
+
+
+def test_task_killed_by_a_signal_is_reported_with_it(db, daemons, tmp_path):
+    """Promise 8 (signal part): a task killed by the kernel is reported failed naming the signal."""
+    task, pid = _one_long_task(db, daemons, tmp_path)
     os.kill(pid, signal.SIGKILL)
     assert wait_states(daemons.db_url, [task], DONE) == {task: "failed"}
     reason = query(daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = %(a)s", {"a": task})[0][0]
@@ -211,12 +217,7 @@ def test_task_killed_by_a_signal_is_reported_with_it(db, daemons, tmp_path):
 
 def test_revoked_running_task_is_stopped(db, daemons, tmp_path):
     """Promise 7: revoking a running allocation stops its process; nothing is reported."""
-    daemons.allocator(**FAST)
-    daemons.runner(name="r1", **FAST)
-    wait_runners(daemons.db_url, 1)
-    record = tmp_path / "record.txt"
-    [task] = insert_allocations(db, 1, workload={"sleep": 60, "record": str(record)})
-    [pid] = wait_for(lambda: _pids_of(read_records(record), [task]), 20)
+    task, pid = _one_long_task(db, daemons, tmp_path)
     with db.transaction() as gw:
         gw.cancel_allocations([task])
     assert wait_states(daemons.db_url, [task], DONE) == {task: "cancelled"}
