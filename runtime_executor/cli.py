@@ -192,7 +192,9 @@ def status(as_json: bool, watch: float | None, **options) -> None:
                 snap = snapshot(gw)
         except STARTUP_ERRORS as exc:
             fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 - e.g. the schema does not exist yet
+        except psycopg.errors.UndefinedTable:
+            fail(f'rtx schema "{settings.schema}" not found in this database: run `rtx db migrate`')
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
             fail(f"cannot read status: {str(exc).strip().splitlines()[0]}")
         text = json.dumps(snap, indent=2, default=str) if as_json else render_status(snap)
         if watch is None:

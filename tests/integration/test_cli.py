@@ -406,3 +406,7 @@ def test_resume_does_not_revive_a_runner_that_is_shutting_down(rtx_db, rtx, tmp_
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         runner.stop()
+
+
+def test_status_before_migrate_says_what_to_run(db_url):
+    _one_error_line(run_cli("runtime_executor", "status", env=cli_env(db_url)), "rtx db migrate", "not found")
