@@ -143,6 +143,7 @@ class Runner:
         self.draining = False
         self.stopping = False
         self.lease_valid_until = 0.0
+        self._last_orphan_check = time.monotonic()
         self._tasks: dict[str, TaskHandle] = {}
         self._tasks_lock = threading.Lock()
         self._outcomes: deque[Outcome] = deque()
@@ -316,7 +317,27 @@ class Runner:
             cancelled = gw.cancel_requested_on_runner(self.runner_id)
         for allocation_id in cancelled:
             self._stop(allocation_id, "revoked by the scheduler")
+        if time.monotonic() - self._last_orphan_check > self.settings.lease_timeout:
+            self._fail_orphans()
         return False
+
+    def _fail_orphans(self) -> None:
+        """Rows 'running' on this runner with no process here: the reply to a start was lost (the
+        connection broke after the commit). Without this they would stay running forever, since
+        this runner's lease keeps being renewed. Checked once per lease period."""
+        self._last_orphan_check = time.monotonic()
+        with self._work_db.statements() as gw:
+            rows = gw.running_on_runner(self.runner_id, self.settings.lease_timeout)
+        with self._tasks_lock:
+            known = set(self._tasks)
+        known |= {o.allocation_id for o in tuple(self._outcomes)}
+        for allocation_id in rows:
+            if allocation_id not in known:
+                log.error("allocation running here without a process; failing it", allocation_id=allocation_id)
+                self._outcomes.append(
+                    Outcome(allocation_id, self.runner_id, "failed", None, "the runner had no process for it")
+                )
+        self._flush_outcomes()
 
     def _spawn(self, row: dict) -> int | None:
         allocation_id = str(row["id"])

@@ -170,6 +170,12 @@ class Gateway:
     def release_assigned(self, runner_id: str) -> list[str]:
         return [str(r["id"]) for r in self.fetch("release_assigned", {"runner_id": runner_id})]
 
+    def running_on_runner(self, runner_id: str, older_than: float) -> list[str]:
+        return [
+            str(r["id"])
+            for r in self.fetch("running_on_runner", {"runner_id": runner_id, "older_than": older_than})
+        ]
+
     def cancel_requested_on_runner(self, runner_id: str) -> list[str]:
         return [str(r["id"]) for r in self.fetch("cancel_requested_on_runner", {"runner_id": runner_id})]
 

@@ -224,3 +224,21 @@ def test_revoked_running_task_is_stopped(db, daemons, tmp_path):
     wait_for(lambda: not psutil.pid_exists(pid), 10, what="the revoked task to stop")
     with db.transaction() as gw:
         assert gw.report_outcomes(None) == []
+
+
+def test_a_running_row_without_a_process_is_failed(db, daemons):
+    """Promise 9: a row 'running' on a live runner that has no process for it (the reply to its
+    start was lost with the connection) is failed within a lease period, not left running forever."""
+    daemons.allocator(**FAST)
+    daemons.runner(name="r1", **FAST)
+    [runner_id] = wait_runners(daemons.db_url, 1)
+    [orphan] = insert_allocations(db, 1, workload={}, queue="nobody-serves-this")
+    with db.transaction() as gw:  # what the runner's lost start would have left behind
+        gw.conn.execute(
+            "UPDATE runtime_executor.allocations SET state = 'running', runner_id = %s,"
+            " started_at = clock_timestamp() - interval '1 minute' WHERE id = %s",
+            [runner_id, orphan],
+        )
+    assert wait_states(daemons.db_url, [orphan], DONE, timeout=20) == {orphan: "failed"}
+    [(reason,)] = query(daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = %(a)s", {"a": orphan})
+    assert reason == "the runner had no process for it"
