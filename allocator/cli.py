@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from runtime_executor.daemon import (
+    CommandGroup,
     check_database,
     common_options,
     fail,
@@ -15,7 +16,7 @@ from runtime_executor.daemon import (
 from runtime_executor.metrics import serve_metrics
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def main() -> None:
     """rtx allocator: places task allocations on runners."""
 

@@ -8,6 +8,7 @@ import click
 import psutil
 
 from runtime_executor.daemon import (
+    CommandGroup,
     check_database,
     common_options,
     fail,
@@ -19,7 +20,7 @@ from runtime_executor.metrics import serve_metrics
 from runtime_executor.resources import BadResourceRequest, parse_cpu, parse_memory_mb
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def main() -> None:
     """rtx runner: runs the tasks the allocator assigns to it."""
 

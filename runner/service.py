@@ -43,7 +43,7 @@ import psutil
 import structlog
 
 from runner import task_entry
-from runner.spares import SparePool
+from runner.spares import SparePool, exit_code
 from runner.usage import UsageMonitor, log_path_of, oom_kills
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
@@ -411,15 +411,15 @@ class Runner:
                     os.read(self._wake_r, 4096)
                 continue
             handle = handles[sentinel]
-            handle.process.join(0)
+            code = exit_code(handle.process)
             state, reason = describe_exit(
-                handle.process.exitcode,
+                code,
                 handle.stop_reason,
                 peak_rss_mb=handle.peak_rss_mb,
                 memory_mb=handle.memory_mb,
-                oom_killed=_oom_killed_since(handle),
+                oom_killed=_oom_killed_since(handle, code),
             )
-            self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, handle.process.exitcode, reason))
+            self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, code, reason))
             with self._tasks_lock:
                 self._tasks.pop(handle.allocation_id, None)
             handle.process.close()
@@ -467,9 +467,9 @@ class Runner:
         )
 
 
-def _oom_killed_since(handle: TaskHandle) -> bool:
+def _oom_killed_since(handle: TaskHandle, code: int | None) -> bool:
     """Did the kernel's OOM killer strike the runner's cgroup while a failed task ran?"""
-    if handle.process.exitcode == 0 or handle.oom_kills_at_start is None:
+    if code == 0 or handle.oom_kills_at_start is None:
         return False
     now = oom_kills()
     return now is not None and now > handle.oom_kills_at_start

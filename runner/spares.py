@@ -23,6 +23,19 @@ from runner import task_entry
 
 log = structlog.get_logger("rtx.runner")
 
+# multiprocessing is not thread-safe here: Process.start() polls every live child (its _cleanup),
+# and a child's exit code is read once from the fork server's pipe. Two threads polling the same
+# child at once make one of them read EOF and report exit code 255. Every start and every exit-code
+# read of the runner's task processes holds this lock.
+PROCESS_LOCK = threading.Lock()
+
+
+def exit_code(process: multiprocessing.process.BaseProcess) -> int | None:
+    """The exit code of a task process that has exited (safe against concurrent starts)."""
+    with PROCESS_LOCK:
+        process.join(0)
+        return process.exitcode
+
 
 @dataclass
 class Spare:
@@ -52,7 +65,8 @@ class SparePool:
     def _fork(self) -> Spare:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(target=task_entry.wait_and_run, args=(parent_conn, self._runner_alive_r), name="rtx-task-spare")
-        process.start()
+        with PROCESS_LOCK:
+            process.start()
         parent_conn.close()  # the child's end; only the child reads it
         return Spare(process, child_conn)
 
@@ -78,7 +92,7 @@ class SparePool:
         """Hand one task to a spare (or a freshly forked process) and return its process."""
         with self._lock:
             spare = self._spares.pop(0) if self._spares else None
-        if spare is None or not spare.process.is_alive():
+        if spare is None or exit_code(spare.process) is not None:
             spare = self._fork()
         spare.conn.send((entry, workload_json, env, server, title))
         spare.conn.close()

@@ -9,12 +9,12 @@ import time
 import click
 import psycopg
 
-from runtime_executor.daemon import STARTUP_ERRORS, common_options, fail, settings_from_cli
+from runtime_executor.daemon import STARTUP_ERRORS, CommandGroup, common_options, fail, settings_from_cli
 from runtime_executor.db.connection import Database, connect
 from runtime_executor.db.migrate import grant, latest_version, migrate
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def main() -> None:
     """rtx: the Runtime executor for Apache Airflow."""
 

@@ -27,6 +27,27 @@ log = structlog.get_logger("rtx.daemon")
 STARTUP_ERRORS = (ConfigError, DatabaseUnavailable, SchemaMismatch, ValueError)
 
 
+class CommandGroup(click.Group):
+    """A click group whose usage errors are one line (``error: ...``, exit 2), like every other
+    start-up error of rtx, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `rtx`: show the help
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as exc:
+            click.echo(f"error: {redact_url(exc.format_message())} (see --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+
+
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {redact_url(message)}", err=True)
     sys.exit(1)

@@ -71,6 +71,23 @@ def test_failing_task_is_reported_with_its_exit_code(db, daemons):
     assert reason == ("task process exited with code 3", 3)
 
 
+def test_exit_codes_are_exact_while_spares_are_forked(db, daemons):
+    """Every launch forks a new spare, and Process.start() polls all children, while the reaper
+    reads exit codes: they must still be exact. (CI once saw code 255 from that race; it is rare,
+    so this is a check that the codes stay exact, not a reliable reproduction.)"""
+    daemons.allocator(**FAST)
+    daemons.runner("--slots", "16", name="r1", **FAST)
+    wait_runners(daemons.db_url, 1)
+    ids = insert_allocations(db, 120, workload={"exit": 3})
+    assert set(wait_states(daemons.db_url, ids, DONE, timeout=120).values()) == {"failed"}
+    codes = query(
+        daemons.db_url,
+        "SELECT exit_code, count(*) FROM runtime_executor.allocations WHERE id = ANY(%(i)s::uuid[]) GROUP BY 1",
+        {"i": ids},
+    )
+    assert codes == [(3, 120)]
+
+
 def test_both_strategies_place_work(db, daemons):
     for strategy in ("MaxPackingStrategy", "EvenSpreadStrategy"):
         daemons.allocator(name=f"allocator-{strategy}", ALLOCATOR_STRATEGY=strategy, **FAST)
