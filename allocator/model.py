@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from uuid import UUID
+
+# Ids are opaque to the strategies: hashable and ordered. The allocator passes the database's UUIDs
+# as they come (no conversion of thousands of rows a pass), tests pass strings; one pass uses one kind.
+Id = str | UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,7 +15,7 @@ class Request:
     """One pending allocation. Strategies receive requests already in placement order
     (higher priority_weight first, then oldest first)."""
 
-    id: str
+    id: Id
     queue: str
     slots: int
     cpu: float
@@ -22,7 +27,7 @@ class Request:
 class RunnerState:
     """A live, active runner: its capacity and what its assigned + running allocations reserve."""
 
-    id: str
+    id: Id
     queues: frozenset[str]
     slots: int
     cpu: float
@@ -34,8 +39,8 @@ class RunnerState:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    request_id: str
-    runner_id: str
+    request_id: Id
+    runner_id: Id
 
 
 @dataclass(slots=True)
@@ -49,5 +54,5 @@ class PlacementResult:
     """
 
     placements: list[Placement] = field(default_factory=list)
-    unschedulable: dict[str, str] = field(default_factory=dict)
-    reservations: dict[str, str] = field(default_factory=dict)
+    unschedulable: dict[Id, str] = field(default_factory=dict)
+    reservations: dict[Id, Id] = field(default_factory=dict)

@@ -122,9 +122,14 @@ class AllocatorMetrics(DaemonMetrics):
         self._seen: set[tuple[str, str]] = set()
         self._seen_queues: set[str] = set()
 
-    def observe_placed(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            self.placement_latency.labels(row["queue"]).observe(max(0.0, float(row["waited_s"])))
+    def observe_placed(self, waits: Iterable[tuple[str, float]]) -> None:
+        """(queue, seconds from request to placement) of each allocation placed."""
+        children: dict[str, Any] = {}
+        for queue, seconds in waits:
+            child = children.get(queue)
+            if child is None:
+                child = children[queue] = self.placement_latency.labels(queue)
+            child.observe(seconds if seconds > 0.0 else 0.0)
 
     def observe_rescue(self, outcome: str) -> None:
         self.rescues.labels(RESCUE_OUTCOMES.get(outcome, outcome)).inc()

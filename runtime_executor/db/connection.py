@@ -40,8 +40,9 @@ def connect(
             keepalives_idle=5,
             keepalives_interval=2,
             keepalives_count=3,
-            # see Database(async_commit=...) for when this is safe
-            **({"options": "-c synchronous_commit=off"} if async_commit else {}),
+            # jit=off: rtx runs short statements; JIT compiles (~20 ms) whenever a row estimate is
+            # large (the claim's) and never pays back. For synchronous_commit=off see Database.
+            options="-c jit=off" + (" -c synchronous_commit=off" if async_commit else ""),
         )
     except psycopg.Error as exc:
         message = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)

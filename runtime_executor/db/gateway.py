@@ -95,8 +95,9 @@ class Gateway:
             "claim_unassigned", {"queues": list(limits), "limits": list(limits.values()), "head": head}
         )
 
-    def assign(self, ids: Sequence[str], runner_ids: Sequence[str]) -> int:
-        return self.execute("assign", {"ids": list(ids), "runner_ids": list(runner_ids)})
+    def assign(self, ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> int:
+        """Assign the claimed rows (``ctid`` and ``id`` as claim_unassigned returned them)."""
+        return self.execute("assign", {"ctids": list(ctids), "ids": list(ids), "runner_ids": list(runner_ids)})
 
     def mark_unschedulable(self, reasons: Mapping[str, str]) -> list[Row]:
         return self.fetch(

@@ -20,6 +20,7 @@ from runtime_executor.db.connection import Database
 from runtime_executor.db.migrate import migrate
 from runtime_executor.settings import Settings
 from tests.conftest import throwaway_database
+from tests.support.allocations import assign_to
 
 REPO = Path(__file__).resolve().parents[2]
 UNREACHABLE_URL = "postgresql://user:s3cretpw@127.0.0.1:1/x"
@@ -222,7 +223,7 @@ def register_runner(db: Database, *, name: str = "r1", queues: list[str] | None 
 def start_on_runner(db: Database, allocation_id: str, runner_id: str) -> None:
     """unassigned -> assigned (the allocator's guarded statement) -> running (as the runner does it)."""
     with db.transaction() as gw:
-        assert gw.assign([allocation_id], [runner_id]) == 1
+        assert assign_to(gw, [allocation_id], runner_id) == 1
         cur = gw.conn.execute(
             f'UPDATE "{gw.schema}".allocations SET state = %s, started_at = clock_timestamp()'
             " WHERE id = %s AND runner_id = %s AND state = %s AND NOT cancel_requested",

@@ -21,7 +21,7 @@ from runtime_executor.db.connection import Database
 from runtime_executor.db.migrate import migrations
 from runtime_executor.settings import Settings
 from tests.integration.conftest import REPO, TOKEN, UNREACHABLE_URL, cli_env, run_cli, run_clis
-from tests.support.allocations import insert_allocations
+from tests.support.allocations import assign_to, insert_allocations
 from tests.support.daemons import Daemon, Daemons, query, wait_for
 
 PASSWORD = "s3cretpw"
@@ -170,7 +170,7 @@ def live(module_db_url, tmp_path_factory) -> Iterator[Live]:
             db, 1, workload={"sleep": 120}, slots=1, cpu=1.0, memory_mb=1024, dag_id="cli_run"
         )
         with db.transaction() as gw:
-            assert gw.assign([running], [runner_id]) == 1
+            assert assign_to(gw, [running], runner_id) == 1
         wait_for(
             lambda: query(
                 module_db_url,
@@ -385,7 +385,7 @@ def test_resume_does_not_revive_a_runner_that_is_shutting_down(rtx_db, rtx, tmp_
         )[0]["id"]
         (busy,) = insert_allocations(rtx_db, 1, workload={"sleep": 8})
         with rtx_db.transaction() as gw:
-            gw.assign([busy], [str(runner_id)])
+            assign_to(gw, [busy], str(runner_id))
         wait_for(lambda: rtx.allocation(busy)["state"] == "running", timeout=30, what="the task to start")
 
         runner.send(signal.SIGTERM)

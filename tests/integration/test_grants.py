@@ -14,7 +14,7 @@ from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
 from runtime_executor.status import snapshot
 from runtime_executor.testing.daemons import daemon_env
-from tests.support.allocations import insert_allocations
+from tests.support.allocations import assign_to, insert_allocations
 from tests.support.fixtures import wait_states
 
 
@@ -58,7 +58,7 @@ def test_runner_role_runs_tasks_but_cannot_touch_requests(db, db_url, login):
                 memory_mb=1024, version="t", lease_timeout=30,
             )
         with db.transaction() as gw:
-            gw.assign([allocation], [runner_id])
+            assign_to(gw, [allocation], runner_id)
         with as_runner.transaction() as gw:
             assert gw.heartbeat_runner(runner_id, 30) == "active"
             [started] = gw.start_assigned(runner_id)

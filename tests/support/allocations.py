@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from runtime_executor.db.connection import Database
+from runtime_executor.db.gateway import Gateway
 
 
 def insert_allocations(
@@ -47,3 +48,13 @@ def insert_allocations(
             )
             ids.append(allocation_id)
     return ids
+
+
+def assign_to(gw: Gateway, ids: list[str], runner_id: str) -> int:
+    """What an allocator pass does for these rows, in the caller's transaction: lock them (the
+    claim), then the allocator's own guarded ``assign`` statement. Returns how many were assigned."""
+    cur = gw.conn.execute(
+        f'SELECT ctid::text, id FROM "{gw.schema}".allocations WHERE id = ANY(%s::uuid[]) FOR UPDATE', (ids,)
+    )
+    rows = cur.fetchall()
+    return gw.assign([r[0] for r in rows], [r[1] for r in rows], [runner_id] * len(rows))

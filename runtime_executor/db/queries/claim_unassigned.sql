@@ -1,7 +1,7 @@
 -- Claim pending allocations in placement order, per queue up to that queue's limit (what its free
 -- capacity could take, and always a few from the head, so a large request at the head is seen and
 -- gets its reservation). A queue whose head cannot be placed never hides another queue's work.
--- Rows another allocator holds are skipped.
+-- Rows another allocator holds are skipped. ctid: where the locked row is, for assign.
 WITH RECURSIVE q AS (  -- the queues with pending work, by a skip scan of allocations_pending
     (SELECT queue FROM {schema}.allocations WHERE state = 'unassigned' ORDER BY queue LIMIT 1)
     UNION ALL
@@ -9,12 +9,12 @@ WITH RECURSIVE q AS (  -- the queues with pending work, by a skip scan of alloca
              WHERE a.state = 'unassigned' AND a.queue > q.queue ORDER BY a.queue LIMIT 1)
       FROM q WHERE q.queue IS NOT NULL
 )
-SELECT a.id, a.queue, a.slots, a.cpu, a.memory_mb, a.priority_weight, a.unschedulable_reason, a.created_at,
+SELECT a.ctid::text AS ctid, a.id, a.queue, a.slots, a.cpu, a.memory_mb, a.priority_weight, a.unschedulable_reason, a.created_at,
        extract(epoch FROM clock_timestamp() - a.created_at)::float8 AS waited_s  -- database clock
   FROM q
   LEFT JOIN unnest(%(queues)s::text[], %(limits)s::integer[]) AS l(queue, lim) ON l.queue = q.queue
   CROSS JOIN LATERAL (
-        SELECT id, queue, slots, cpu, memory_mb, priority_weight, unschedulable_reason, created_at
+        SELECT ctid, id, queue, slots, cpu, memory_mb, priority_weight, unschedulable_reason, created_at
           FROM {schema}.allocations
          WHERE state = 'unassigned' AND queue = q.queue
          ORDER BY priority_weight DESC, created_at, id
