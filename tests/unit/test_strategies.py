@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -239,6 +240,30 @@ def test_independent_of_runner_input_order(
     shuffled = list(runners)
     random.Random(seed).shuffle(shuffled)
     assert strategy.place(requests, shuffled) == strategy.place(requests, runners)
+
+
+@pytest.mark.parametrize("strategy", BOTH, ids=lambda s: s.name)
+@settings(max_examples=100, deadline=None)
+@given(requests=request_lists(), runners=runner_lists(), data=st.data())
+def test_uuid_ids_place_as_their_text_does(
+    strategy: Strategy, requests: list[Request], runners: list[RunnerState], data: st.DataObject
+) -> None:
+    """The allocator passes the database's UUIDs, not strings: ties must break the same way."""
+    uuids = data.draw(st.lists(st.uuids(), min_size=len(runners) + len(requests), max_size=len(runners) + len(requests), unique=True))
+    as_uuid = dict(zip([r.id for r in runners] + [q.id for q in requests], uuids, strict=True))
+    with_uuids = strategy.place(
+        [dataclasses.replace(q, id=as_uuid[q.id]) for q in requests],
+        [dataclasses.replace(r, id=as_uuid[r.id]) for r in runners],
+    )
+    with_text = strategy.place(
+        [dataclasses.replace(q, id=str(as_uuid[q.id])) for q in requests],
+        [dataclasses.replace(r, id=str(as_uuid[r.id])) for r in runners],
+    )
+    assert [(str(p.request_id), str(p.runner_id)) for p in with_uuids.placements] == [
+        (p.request_id, p.runner_id) for p in with_text.placements
+    ]
+    assert {str(k): v for k, v in with_uuids.unschedulable.items()} == with_text.unschedulable
+    assert {str(k): str(v) for k, v in with_uuids.reservations.items()} == with_text.reservations
 
 
 @settings(max_examples=150, deadline=None)
