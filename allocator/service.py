@@ -143,12 +143,11 @@ class Allocator:
                 gw.clear_unschedulable(now_schedulable)
         # observed once committed: a pass that rolled back placed nothing
         self.metrics.placement_pass.observe(time.perf_counter() - started)
+        self.placed_total += len(result.placements)
         if result.placements:
             # placement latency: age at the claim (database clock) + this pass's time since
             since_claim = time.perf_counter() - claimed_at
             self.metrics.observe_placed((r["queue"], r["waited_s"] + since_claim) for r in placed)
-        self.placed_total += len(result.placements)
-        if result.placements:
             log.debug(
                 "placement pass",
                 placed=len(result.placements),

@@ -6,8 +6,8 @@ Both strategies share one algorithm (``place_by_score``); they differ only in sc
 Rules
 -----
 * Placement order: requests are placed one by one in the order given (the caller sorts them:
-  priority desc, then oldest first). Runners are sorted by id once (a UUID sorts as its text does); that order
-  breaks every tie: on a tie the earlier id wins. Same input, same output.
+  priority desc, then oldest first). Runners are sorted by id once (a UUID sorts as its text
+  does); that order breaks every tie: on a tie the earlier id wins. Same input, same output.
 * Fit: a runner fits a request when it serves ``request.queue`` and, on every dimension,
   ``used + requested <= capacity`` (slots and memory exactly, cpu with a 1e-9 epsilon). A request
   asking for 0 cpu / 0 memory consumes nothing on that dimension. Each placement adds to that

@@ -4,14 +4,7 @@ only ever moves a row that is still 'unassigned' and is the id the claim returne
 from __future__ import annotations
 
 from tests.integration.conftest import register_runner
-from tests.support.allocations import insert_allocations
-
-
-def _claim(gw, ids: list[str]) -> list[tuple[str, object]]:
-    return gw.conn.execute(
-        f'SELECT ctid::text, id FROM "{gw.schema}".allocations WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE',
-        (ids,),
-    ).fetchall()
+from tests.support.allocations import insert_allocations, lock_rows
 
 
 def _states(rtx, ids: list[str]) -> dict[str, tuple[str, str | None]]:
@@ -23,7 +16,7 @@ def test_assign_moves_only_unassigned_rows_it_claimed(rtx, rtx_db):
     runner_id = register_runner(rtx_db)
     ids = insert_allocations(rtx_db, 3)
     with rtx_db.transaction() as gw:
-        claimed = _claim(gw, ids)
+        claimed = lock_rows(gw, ids)
         # the first row changed after the claim's read (not possible for a real claim, which holds
         # the row lock, but the guard must not depend on that)
         gw.conn.execute(f'UPDATE "{gw.schema}".allocations SET state = %s WHERE id = %s', ("cancelled", claimed[0][1]))
@@ -41,11 +34,11 @@ def test_assign_with_a_stale_ctid_assigns_nothing(rtx, rtx_db):
     runner_id = register_runner(rtx_db)
     [allocation] = insert_allocations(rtx_db, 1)
     with rtx_db.transaction() as gw:
-        [(old_ctid, row_id)] = _claim(gw, [allocation])
+        [(old_ctid, row_id)] = lock_rows(gw, [allocation])
         # an update writes a new row version elsewhere: the old location is no longer this row
         gw.conn.execute(f'UPDATE "{gw.schema}".allocations SET priority_weight = 7 WHERE id = %s', (row_id,))
         assert gw.assign([old_ctid], [row_id], [runner_id]) == 0
-        [(new_ctid, _)] = _claim(gw, [allocation])
+        [(new_ctid, _)] = lock_rows(gw, [allocation])
         assert new_ctid != old_ctid
         assert gw.assign([new_ctid], [row_id], [runner_id]) == 1
     assert _states(rtx, [allocation]) == {allocation: ("assigned", runner_id)}

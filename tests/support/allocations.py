@@ -50,11 +50,18 @@ def insert_allocations(
     return ids
 
 
+
+def lock_rows(gw: Gateway, ids: list[str]) -> list[tuple[str, Any]]:
+    """(ctid, id) of these allocations, locked FOR UPDATE in id order, as the allocator's claim does."""
+    cur = gw.conn.execute(
+        f'SELECT ctid::text, id FROM "{gw.schema}".allocations WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE',
+        (ids,),
+    )
+    return cur.fetchall()
+
+
 def assign_to(gw: Gateway, ids: list[str], runner_id: str) -> int:
     """What an allocator pass does for these rows, in the caller's transaction: lock them (the
     claim), then the allocator's own guarded ``assign`` statement. Returns how many were assigned."""
-    cur = gw.conn.execute(
-        f'SELECT ctid::text, id FROM "{gw.schema}".allocations WHERE id = ANY(%s::uuid[]) FOR UPDATE', (ids,)
-    )
-    rows = cur.fetchall()
+    rows = lock_rows(gw, ids)
     return gw.assign([r[0] for r in rows], [r[1] for r in rows], [runner_id] * len(rows))
