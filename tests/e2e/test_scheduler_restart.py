@@ -36,10 +36,17 @@ def test_scheduler_killed_and_restarted_adopts_the_running_task(stack):
     except Exception:
         print(stack.logs())
         raise
-    rows = query(
-        url,
-        "SELECT state, scheduler_job_id, reported_state, try_number FROM runtime_executor.allocations WHERE dag_id = 'rtx_long'",
-    )
+    # The task reports its own state to Airflow's API, so the run can be done a moment before the
+    # runner has recorded the process's exit and the new scheduler's sync has reported it.
+    def reported() -> list[tuple] | None:
+        rows = query(
+            url,
+            "SELECT state, scheduler_job_id, reported_state, try_number"
+            " FROM runtime_executor.allocations WHERE dag_id = 'rtx_long'",
+        )
+        return rows if rows and rows[0][2] in ("succeeded", "failed", "lost") else None
+
+    rows = wait_for(reported, 30, what="the allocation's outcome to be reported")
     assert len(rows) == 1  # one allocation: the task was adopted, not rescheduled
     state, new_job, reported, try_number = rows[0]
     assert (state, reported, try_number) == ("succeeded", "succeeded", 1)
