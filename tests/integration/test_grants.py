@@ -32,6 +32,13 @@ def login(db_url):
         conn.execute(f'DROP ROLE "{name}"')
 
 
+def _assert_refused(db: Database, *statements: str) -> None:
+    """Each statement, in a transaction of its own, fails for lack of privilege."""
+    for statement in statements:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction() as gw:
+            gw.conn.execute(statement)
+
+
 def _grant(db_url: str, role: str, name: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "runtime_executor", "db", "grant", role, name],
@@ -64,13 +71,12 @@ def test_runner_role_runs_tasks_but_cannot_touch_requests(db, db_url, login):
             [started] = gw.start_assigned(runner_id)
             assert started["workload"] == '{"x": 1}'
             assert gw.finish_allocation(allocation, runner_id, "succeeded", 0, None) == "succeeded"
-        for forbidden in (
+        _assert_refused(
+            as_runner,
             "UPDATE runtime_executor.allocations SET priority_weight = 100",
             "DELETE FROM runtime_executor.allocations",
             "INSERT INTO runtime_executor.allocation_events (allocation_id, to_state) VALUES (gen_random_uuid(), 'x')",
-        ):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege), as_runner.transaction() as gw:
-                gw.conn.execute(forbidden)
+        )
     finally:
         as_runner.close()
 
@@ -84,10 +90,11 @@ def test_status_role_reads_the_snapshot_but_never_the_workload(db, db_url, login
         with reader.transaction() as gw:
             snap = snapshot(gw)
         assert len(snap["unassigned"]) == 2
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), reader.transaction() as gw:
-            gw.conn.execute("SELECT workload FROM runtime_executor.allocations")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), reader.transaction() as gw:
-            gw.conn.execute("UPDATE runtime_executor.runners SET state = 'draining'")
+        _assert_refused(
+            reader,
+            "SELECT workload FROM runtime_executor.allocations",
+            "UPDATE runtime_executor.runners SET state = 'draining'",
+        )
     finally:
         reader.close()
 
@@ -107,11 +114,10 @@ def test_allocator_and_executor_roles_do_their_jobs(db, db_url, login, daemons, 
         with executor_db.transaction() as gw:
             assert {str(r["id"]) for r in gw.report_outcomes(None)} == set(ids)
         # even all three roles together cannot rewrite a request or alter the schema
-        for forbidden in (
+        _assert_refused(
+            executor_db,
             "UPDATE runtime_executor.allocations SET slots = 64",
             "ALTER TABLE runtime_executor.allocations ADD COLUMN x int",
-        ):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege), executor_db.transaction() as gw:
-                gw.conn.execute(forbidden)
+        )
     finally:
         executor_db.close()
