@@ -120,12 +120,20 @@ class RuntimeExecutor(BaseExecutor):
         state, reason = "unassigned", None
         try:
             request = request_from_task(ti.executor_config, self._airflow_resources(ti))
-        except BadResourceRequest as exc:
+        except Exception as exc:  # noqa: BLE001
+            # Invariant: no DAG input raises out of queue_workload into the scheduler. Parsing
+            # raises only BadResourceRequest (resources.py); anything else is a bug, and it too
+            # fails only this task, with its name and the cause.
             request = ResourceRequest()
             state = "failed"
+            what = (
+                f"has a bad resource request: {exc}"
+                if isinstance(exc, BadResourceRequest)
+                else f"has a resource request rtx cannot read ({type(exc).__name__}: {str(exc)[:200]})"
+            )
             reason = (
                 f"task {ti.dag_id}.{ti.task_id} (run {ti.run_id}, map_index {ti.map_index}, try {ti.try_number}) "
-                f"has a bad resource request: {exc}"
+                f"{what}"
             )
             self.log.error("%s", reason)
             self.log_task_event(event="runtime executor: bad resource request", extra=reason, ti_key=key)
@@ -320,10 +328,14 @@ def _same_database(a: str, b: str) -> bool:
 
     def norm(url: str) -> tuple:
         info = conninfo_to_dict(url)
-        return (info.get("host") or "localhost", str(info.get("port") or 5432), info.get("dbname"), info.get("user"))
+        return (
+            info.get("host") or "localhost",
+            str(info.get("port") or 5432),
+            info.get("dbname"),
+            info.get("user"),
+        )
 
     try:
         return norm(a) == norm(b)
     except Exception:  # noqa: BLE001
         return a == b
-

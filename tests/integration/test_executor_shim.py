@@ -232,13 +232,68 @@ def test_bad_request_fails_the_task_once_with_a_clear_message(
     assert _events(executor) == {}
 
 
-@pytest.mark.parametrize("runtime", [{"memory": 10**20}, {"memory": "1e13TiB"}, {"slots": "²"}], ids=str)
-def test_absurd_request_fails_the_task_instead_of_the_scheduler(make_executor, engine, rtx_db, runtime):
+@pytest.mark.parametrize(
+    ("runtime", "shown"),
+    [
+        ({"memory": 10**20}, "memory="),
+        ({"memory": "1e13TiB"}, "1e13TiB"),
+        ({"slots": "²"}, "²"),
+        # these raised OverflowError / ValueError out of queue_workload (issue 11, item 2)
+        ({"memory": "1e308TiB"}, "1e308TiB"),
+        ({"cpu": 10**400}, "cpu="),
+        ({"memory": 10**400}, "memory="),
+        ({"slots": "1" * 5000}, "slots="),
+        ({10**5000: 1}, "unknown key"),
+    ],
+    ids=[
+        "memory-1e20",
+        "1e13TiB",
+        "superscript",
+        "1e308TiB",
+        "cpu-1e400",
+        "memory-1e400",
+        "slots-digits",
+        "huge-key",
+    ],
+)
+def test_absurd_request_fails_the_task_instead_of_the_scheduler(
+    make_executor, engine, rtx_db, runtime, shown
+):
     executor = make_executor()
-    workload = task_workload(task_id="absurd", executor_config={"runtime": runtime})
-    queue_in_session(executor, engine, workload)
+    good = task_workload(task_id="good", executor_config=RUNTIME)
+    workload = task_workload(dag_id="etl", task_id="absurd", executor_config={"runtime": runtime})
+    queue_in_session(executor, engine, workload, good)  # never raises: the scheduler carries on
     executor.sync()
-    assert _events(executor)[workload.ti.key][0] == TaskInstanceState.FAILED
+    events = _events(executor)
+    assert list(events) == [workload.ti.key]
+    state, info = events[workload.ti.key]
+    assert state == TaskInstanceState.FAILED
+    assert "etl.absurd" in info and shown in info
+    assert len(info) < 2000
+
+
+def test_any_exception_from_parsing_fails_only_that_task(make_executor, engine, rtx_db, rtx, monkeypatch):
+    """Defence in depth: even a parser bug (an exception other than BadResourceRequest) fails only its task."""
+    import runtime_executor.executor as executor_module
+
+    real = executor_module.request_from_task
+
+    def broken(executor_config, airflow_resources=None):
+        if executor_config == {"runtime": {"cpu": "boom"}}:
+            raise ZeroDivisionError("parser bug")
+        return real(executor_config, airflow_resources)
+
+    monkeypatch.setattr(executor_module, "request_from_task", broken)
+    executor = make_executor()
+    bad = task_workload(dag_id="etl", task_id="buggy", executor_config={"runtime": {"cpu": "boom"}})
+    good = task_workload(task_id="good", executor_config=RUNTIME)
+    queue_in_session(executor, engine, bad, good)
+    assert rtx.allocation(bad.ti.external_executor_id)["state"] == "failed"
+    assert rtx.allocation(good.ti.external_executor_id)["state"] == "unassigned"
+    executor.sync()
+    state, info = _events(executor)[bad.ti.key]
+    assert state == TaskInstanceState.FAILED
+    assert "etl.buggy" in info and "ZeroDivisionError" in info and "parser bug" in info
 
 
 def test_failed_resources_lookup_does_not_poison_the_schedulers_transaction(

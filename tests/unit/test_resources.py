@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime_executor.resources import (
+    MAX_CPU,
+    MAX_MEMORY_MB,
     MAX_SLOTS,
     BadResourceRequest,
     ResourceRequest,
@@ -382,3 +384,124 @@ def test_any_valid_request_round_trips(cpu, memory, slots):
     # and the parsed request, written back as a config, parses to itself
     again = runtime_config(cpu=request.cpu, memory=request.memory_mb, slots=request.slots)
     assert parse_runtime(again["runtime"]) == request
+
+
+# -- property: no DAG input raises anything but BadResourceRequest (issue 11, item 2) ------------
+
+# (hypothesis must be able to print an example: no int of more than 4,300 digits here; the
+# parametrized test below has those)
+_HUGE_INTS = st.sampled_from([2**63, 10**400, -(10**400), 10**4000, 2**40 + 1, 2**64 * 1024])
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | _HUGE_INTS
+    | st.floats()  # nan, inf, -inf, subnormals, -0.0 included
+    | st.text(max_size=20)
+    | st.sampled_from(
+        ["nan", "inf", "-inf", "1e400MB", "1e308TiB", "9" * 5000, "1" * 5000 + "GiB", "²", "1_000"]
+    )
+)
+_NUMERIC_TEXT = st.builds(
+    lambda number, unit: f"{number}{unit}",
+    st.one_of(
+        st.integers(min_value=0).map(str),
+        st.floats(min_value=0, allow_nan=False).map(repr),
+        st.integers(min_value=0, max_value=400).map(lambda e: f"1e{e}"),
+        st.integers(min_value=4290, max_value=4400).map(lambda n: "7" * n),
+    ),
+    st.sampled_from(["", "MB", "GiB", "TiB", "T", "k", " mb", "XB"]),
+)
+_JSON = st.recursive(
+    _SCALARS | _NUMERIC_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_RUNTIME_LIKE = st.dictionaries(
+    st.sampled_from(["cpu", "memory", "memory_mb", "slots"]) | st.text(max_size=6) | _HUGE_INTS,
+    _JSON,
+    max_size=4,
+)
+
+
+def _valid_or_bad(parse) -> None:
+    """``parse()`` returns a request the database and the allocator accept, or raises BadResourceRequest
+    with a short message; nothing else ever escapes (an escape would reach the scheduler)."""
+    try:
+        request = parse()
+    except BadResourceRequest as exc:
+        message = str(exc)
+        assert message and len(message) < 1000, message[:200]
+        return
+    assert isinstance(request, ResourceRequest)
+    assert type(request.slots) is int and 1 <= request.slots <= MAX_SLOTS
+    assert type(request.cpu) is float and math.isfinite(request.cpu) and 0 <= request.cpu <= MAX_CPU
+    assert type(request.memory_mb) is int and 0 <= request.memory_mb <= MAX_MEMORY_MB
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON)
+def test_any_executor_config_parses_or_is_a_bad_request(value):
+    _valid_or_bad(lambda: request_from_task(value))
+    _valid_or_bad(lambda: request_from_task({"runtime": value}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(spec=_RUNTIME_LIKE)
+def test_any_runtime_section_parses_or_is_a_bad_request(spec):
+    _valid_or_bad(lambda: request_from_task({"runtime": spec}))
+    _valid_or_bad(lambda: parse_runtime(spec))
+
+
+class _Quantity:
+    def __init__(self, qty):
+        self.qty = qty
+
+
+class _Resources:
+    """What the serialized DAG hands the shim for ``resources=``: objects with ``.cpus.qty``/``.ram.qty``."""
+
+    def __init__(self, cpus, ram):
+        self.cpus, self.ram = _Quantity(cpus), _Quantity(ram)
+
+
+@settings(max_examples=400, deadline=None)
+@given(cpus=_JSON, ram=_JSON)
+def test_any_airflow_resources_parse_or_are_a_bad_request(cpus, ram):
+    _valid_or_bad(lambda: request_from_task(None, _Resources(cpus, ram)))
+    try:
+        # Airflow's own Resources validates some values itself (at DAG parse time, not in the scheduler)
+        real = _airflow_resources(cpus=cpus, ram=ram)
+    except Exception:  # noqa: BLE001 - Airflow rejected it before rtx could see it
+        return
+    _valid_or_bad(lambda: request_from_task(None, real))
+
+
+@pytest.mark.parametrize(
+    ("spec", "shown"),
+    [
+        ({"memory": "1e308TiB"}, "1e308TiB"),
+        ({"memory": "1e400MB"}, "1e400MB"),
+        ({"cpu": 10**400}, "cpu="),
+        ({"memory": 10**400}, "memory="),
+        ({"slots": "1" * 5000}, "slots="),
+        ({"memory": 10**5000}, "memory="),
+        ({10**5000: 1}, "unknown key"),
+    ],
+    ids=[
+        "1e308TiB",
+        "1e400MB",
+        "cpu-10e400",
+        "memory-10e400",
+        "slots-5000-digits",
+        "memory-10e5000",
+        "huge-key",
+    ],
+)
+def test_absurd_values_are_bad_requests_that_name_the_value(spec, shown):
+    with pytest.raises(BadResourceRequest) as info:
+        parse_runtime(spec)
+    assert shown in str(info.value)
+    assert len(str(info.value)) < 1000
