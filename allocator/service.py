@@ -4,18 +4,25 @@ Loops of the process (plus a metrics loop with --metrics-port):
 
 * placement (woken by NOTIFY "<schema>.allocator": a new allocation, freed capacity, a runner that
   joined or left; polls every ``allocator_poll_interval`` otherwise). One pass is one transaction:
-  lock the live runners (``FOR UPDATE``, id order, so allocators never deadlock), read what each
-  already holds, claim pending rows per queue up to what its free slots could take
-  (``FOR UPDATE SKIP LOCKED``), let the strategy decide, write the assignments. Holding the runner
-  locks from the read of their usage to the commit of the assignments is what keeps the invariant
-  below with any number of allocators. Passes commit asynchronously (see ``Database``).
+  take the placement lock of each live runner (a transaction-scoped advisory lock keyed from the
+  runner id, id order, so allocators never deadlock), read what each already holds, claim pending
+  rows per queue up to what its free slots could take (``FOR UPDATE SKIP LOCKED``), let the
+  strategy decide, write the assignments. Holding the placement locks from the read of their usage
+  to the commit of the assignments is what keeps the invariant below with any number of
+  allocators. Passes commit asynchronously (see ``Database``).
 * upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
   stayed unschedulable past ``unschedulable_timeout``, prune finished rows after ``retention``.
 
 Invariant: for every runner, the slots, cpu and memory of its assigned + running allocations never
-exceed its capacity. Only a placement pass adds to that sum, and it does so under the row lock of
-the runner, after reading the committed sum under that same lock (READ COMMITTED takes a new
+exceed its capacity. Only a placement pass adds to that sum, and it does so under the placement lock
+of the runner, after reading the committed sum under that same lock (READ COMMITTED takes a new
 snapshot per statement, after the lock is granted). Everything else only subtracts.
+
+Invariant: no lock placement holds delays a heartbeat or a rescue. The placement lock is an
+advisory lock, never the runner row: heartbeats (``heartbeat_runner``), rescue and drains update
+runner rows and never take it. An allocator that freezes mid-pass therefore stalls only the other
+allocators (their lock waits end after ``lock_timeout`` and are retried), and the server ends its
+session after ``idle_in_transaction_timeout``, releasing what it held.
 
 If an allocator dies mid-pass, its transaction rolls back: its claims and locks vanish with it.
 """

@@ -51,6 +51,13 @@ class Settings:
     metrics_port: int = 0  # Prometheus /metrics of a daemon; 0 = off
     metrics_host: str = "127.0.0.1"
     retention: float = 86400.0
+    # every rtx session (runtime_executor.db.connection): seconds, 0 = no limit
+    lock_timeout: float = 5.0  # longest wait for a lock before the statement fails (and is retried)
+    idle_in_transaction_timeout: float = 10.0  # the server ends a session idle this long inside a transaction
+    statement_timeout: float = 60.0  # longest statement (migrations are exempt)
+    keepalives_idle: int = 5  # TCP keepalives: seconds idle before the first probe,
+    keepalives_interval: int = 2  # seconds between probes,
+    keepalives_count: int = 3  # probes lost before the connection is dropped
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -171,6 +178,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"log_level={settings.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format={settings.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
+    for name in ("lock_timeout", "idle_in_transaction_timeout", "statement_timeout"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name}={getattr(settings, name)!r} must be >= 0 (0 = no limit)")
+    for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name}={getattr(settings, name)!r} must be >= 1")
     if settings.allocator_batch_size < 1:
         raise ConfigError(f"allocator_batch_size={settings.allocator_batch_size!r} must be >= 1")
 

@@ -21,6 +21,32 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the message is safe to log (no password)."""
 
 
+def session_options(settings: Settings, *, async_commit: bool = False) -> str:
+    """Server settings of every rtx session.
+
+    Invariant: an rtx session bounds what it can hold. A lock wait ends after ``lock_timeout``, a
+    statement after ``statement_timeout``, and a session that stops talking inside a transaction
+    (frozen, cut off) is ended by the server after ``idle_in_transaction_timeout``, releasing its
+    locks; TCP keepalives (both ways) notice a vanished peer. Each ends in a psycopg error that the
+    calling loop retries with backoff (a session the server ended is reopened).
+
+    jit=off: rtx runs short statements; JIT compiles (~20 ms) whenever a row estimate is large (the
+    claim's) and never pays back. For synchronous_commit=off see Database.
+    """
+    options = [
+        "jit=off",
+        f"lock_timeout={round(settings.lock_timeout * 1000)}",
+        f"idle_in_transaction_session_timeout={round(settings.idle_in_transaction_timeout * 1000)}",
+        f"statement_timeout={round(settings.statement_timeout * 1000)}",
+        f"tcp_keepalives_idle={settings.keepalives_idle}",
+        f"tcp_keepalives_interval={settings.keepalives_interval}",
+        f"tcp_keepalives_count={settings.keepalives_count}",
+    ]
+    if async_commit:
+        options.append("synchronous_commit=off")
+    return " ".join(f"-c {o}" for o in options)
+
+
 def connect(
     settings: Settings, application_name: str, *, autocommit: bool = True, async_commit: bool = False
 ) -> psycopg.Connection:
@@ -35,14 +61,12 @@ def connect(
             autocommit=autocommit,
             application_name=application_name,
             connect_timeout=5,
-            # notice a dead peer within ~15 s even while idle
+            # notice a dead peer (and let the server notice us) within idle + interval * count s
             keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            # jit=off: rtx runs short statements; JIT compiles (~20 ms) whenever a row estimate is
-            # large (the claim's) and never pays back. For synchronous_commit=off see Database.
-            options="-c jit=off" + (" -c synchronous_commit=off" if async_commit else ""),
+            keepalives_idle=settings.keepalives_idle,
+            keepalives_interval=settings.keepalives_interval,
+            keepalives_count=settings.keepalives_count,
+            options=session_options(settings, async_commit=async_commit),
         )
     except psycopg.Error as exc:
         message = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -76,8 +100,10 @@ class Database:
         try:
             with conn.transaction():
                 yield Gateway(conn, self.settings.schema)
-        except psycopg.OperationalError:
-            self.close()
+        except psycopg.Error as exc:
+            # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
+            if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                self.close()
             raise
 
     @contextmanager
@@ -87,8 +113,10 @@ class Database:
         conn = self.connection
         try:
             yield Gateway(conn, self.settings.schema)
-        except psycopg.OperationalError:
-            self.close()
+        except psycopg.Error as exc:
+            # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
+            if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                self.close()
             raise
 
     def close(self) -> None:

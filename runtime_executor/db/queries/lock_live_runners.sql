@@ -1,8 +1,17 @@
--- The allocator's capacity lock. Every assignment happens while holding the row locks of the live
--- runners it may use (taken in id order, so allocators never deadlock), so two allocators can never
--- both count the same free capacity.
-SELECT id, queues, slots, cpu, memory_mb
-  FROM {schema}.runners
- WHERE state = 'active' AND lease_expires_at > clock_timestamp()
- ORDER BY id
-   FOR UPDATE
+-- The allocator's placement lock: the live runners it may use, each locked with a transaction-scoped
+-- advisory lock keyed from the runner id (taken in id order, so allocators never deadlock). Every
+-- assignment happens while holding these locks, so two allocators can never both count the same
+-- free capacity.
+-- Invariant: placement never locks the runner rows themselves. Heartbeats, rescue and drains
+-- update those rows and never take this lock, so a frozen allocator holding it delays no heartbeat
+-- (it only makes other allocators' passes wait, up to lock_timeout, and retry).
+WITH live AS (
+    SELECT id, queues, slots, cpu, memory_mb
+      FROM {schema}.runners
+     WHERE state = 'active' AND lease_expires_at > clock_timestamp()
+     ORDER BY id
+)
+SELECT l.id, l.queues, l.slots, l.cpu, l.memory_mb
+  FROM live AS l
+ CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtextextended('{schema}.placement:' || l.id::text, 0))) AS k
+ ORDER BY l.id
