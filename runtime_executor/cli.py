@@ -38,7 +38,9 @@ def db_migrate(**options) -> None:
     except STARTUP_ERRORS as exc:
         fail(str(exc))
     if applied:
-        click.echo(f"schema {settings.schema}: applied {', '.join(applied)} (now at version {latest_version()})")
+        click.echo(
+            f"schema {settings.schema}: applied {', '.join(applied)} (now at version {latest_version()})"
+        )
     else:
         click.echo(f"schema {settings.schema}: up to date (version {latest_version()})")
 
@@ -87,6 +89,11 @@ def _task_label(a: dict) -> str:
     return f"{label} {a['run_id']} try {a['try_number']}"
 
 
+def _listed(shown: int, total: int) -> str:
+    """The list is cut at the snapshot's limit; the count beside it is exact."""
+    return f" (first {shown} of {total})" if shown < total else ""
+
+
 def render_status(snap: dict) -> str:
     t = snap["totals"]
     out = [
@@ -103,7 +110,7 @@ def render_status(snap: dict) -> str:
                         f"{t[d]['capacity']:g} / {t[d]['reserved']:g} / {t[d]['free']:g}"
                         for d in ("slots", "cpu", "memory_mb")
                     ),
-                    str(len(snap["unassigned"])),
+                    str(t["allocations"].get("unassigned", 0)),  # exact: not the listed rows
                 ]
             ]
             + [
@@ -132,13 +139,17 @@ def render_status(snap: dict) -> str:
                     _triple(r["capacity"]),
                     _triple(r["reserved"]),
                     f"{r['heartbeat_age_s']:.1f}s ago",
-                    str(len(r["allocations"])),
+                    str(r.get("allocation_count", len(r["allocations"]))),
                 ]
                 for r in snap["runners"]
             ],
         ),
         "",
-        "Allocations on runners",
+        "Allocations on runners"
+        + _listed(
+            sum(len(r["allocations"]) for r in snap["runners"]),
+            sum(r.get("allocation_count", len(r["allocations"])) for r in snap["runners"]),
+        ),
         _format_table(
             ["runner", "task", "state", "request", "running"],
             [
@@ -154,7 +165,7 @@ def render_status(snap: dict) -> str:
             ],
         ),
         "",
-        "Unassigned allocations",
+        "Unassigned allocations" + _listed(len(snap["unassigned"]), t["allocations"].get("unassigned", 0)),
         _format_table(
             ["task", "queue", "priority", "request", "waiting", "unschedulable"],
             [
@@ -179,7 +190,9 @@ def render_status(snap: dict) -> str:
 @main.command()
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON (for scripts).")
-@click.option("--watch", type=float, default=None, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
+@click.option(
+    "--watch", type=float, default=None, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C."
+)
 def status(as_json: bool, watch: float | None, **options) -> None:
     """Show runners, their allocations, unassigned allocations and totals."""
     from runtime_executor.status import snapshot

@@ -4,11 +4,17 @@ Plain dicts of JSON-able values (the documented ``rtx status --json`` shape):
 
     {"generated_at": iso time,
      "totals": {"slots": {"capacity", "reserved", "free"}, "cpu": {...}, "memory_mb": {...},
-                "runners": n, "allocations": {state: count}},
-     "queues": {queue: {"slots": {...}, "cpu": {...}, "memory_mb": {...}, "runners": n, "unassigned": n}},
+                "runners": n, "allocations": {state: count}, "unschedulable": n, "truncated": bool},
+     "queues": {queue: {"slots": {...}, "cpu": {...}, "memory_mb": {...}, "runners": n, "unassigned": n,
+                        "unschedulable": n}},
      "runners": [{id, name, hostname, pid, queues, state, capacity, reserved, free, heartbeat_age_s,
-                  lease_expired, host_cpu_percent, host_memory_used_mb, allocations: [...]}],
+                  lease_expired, host_cpu_percent, host_memory_used_mb, allocation_count,
+                  allocations: [...]}],
      "unassigned": [allocation, ...]}
+
+Invariant: every count (``totals``, ``queues``, ``allocation_count``, reserved amounts) comes from
+an aggregate query and is exact whatever the number of rows; only the lists (``unassigned`` and
+each runner's ``allocations``) are cut at ``limit`` rows, and ``totals.truncated`` says when.
 
 No secrets: the workload (with its token) is never selected.
 """
@@ -41,7 +47,11 @@ def _allocation(row: dict) -> dict[str, Any]:
         "unschedulable_reason": row["unschedulable_reason"],
         "waiting_s": round(float(row["age"]), 3) if row["age"] is not None else None,
         "running_s": round(float(row["running_for"]), 3) if row["running_for"] is not None else None,
-        "usage": {"cpu_percent": row["cpu_percent"], "rss_mb": row["rss_mb"], "peak_rss_mb": row["peak_rss_mb"]},
+        "usage": {
+            "cpu_percent": row["cpu_percent"],
+            "rss_mb": row["rss_mb"],
+            "peak_rss_mb": row["peak_rss_mb"],
+        },
         "pid": row["pid"],
     }
 
@@ -50,9 +60,14 @@ def _amounts(capacity: float, reserved: float) -> dict[str, float]:
     return {"capacity": capacity, "reserved": reserved, "free": capacity - reserved}
 
 
+def _queue_entry() -> dict[str, Any]:
+    return {"runners": 0, "unassigned": 0, "unschedulable": 0, **{d: [0.0, 0.0] for d in DIMENSIONS}}
+
+
 def snapshot(gw: Gateway, *, limit: int = 1000) -> dict[str, Any]:
     runners_rows = gw.status_runners()
     allocations = [_allocation(r) for r in gw.status_allocations(limit)]
+    counted = gw.count_by_state()
     by_runner: dict[str, list[dict]] = {}
     for a in allocations:
         if a["runner_id"]:
@@ -85,6 +100,7 @@ def snapshot(gw: Gateway, *, limit: int = 1000) -> dict[str, Any]:
                 "lease_expired": bool(r["lease_expired"]),
                 "host_cpu_percent": r["host_cpu_percent"],
                 "host_memory_used_mb": r["host_memory_used_mb"],
+                "allocation_count": int(r["allocation_count"]),
                 "allocations": by_runner.get(str(r["id"]), []),
             }
         )
@@ -94,20 +110,22 @@ def snapshot(gw: Gateway, *, limit: int = 1000) -> dict[str, Any]:
             totals[d][0] += capacity[d]
             totals[d][1] += reserved[d]
         for q in r["queues"]:
-            entry = queues.setdefault(q, {"runners": 0, "unassigned": 0, **{d: [0.0, 0.0] for d in DIMENSIONS}})
+            entry = queues.setdefault(q, _queue_entry())
             entry["runners"] += 1
             for d in DIMENSIONS:
                 entry[d][0] += capacity[d]
                 entry[d][1] += reserved[d]
 
     unassigned = [a for a in allocations if a["state"] == "unassigned"]
-    for a in unassigned:
-        entry = queues.setdefault(a["queue"], {"runners": 0, "unassigned": 0, **{d: [0.0, 0.0] for d in DIMENSIONS}})
-        entry["unassigned"] += 1
-
     counts: dict[str, int] = {}
-    for row in gw.count_by_state():
+    unschedulable = 0
+    for row in counted:
         counts[row["state"]] = counts.get(row["state"], 0) + int(row["count"])
+        if row["state"] == "unassigned":
+            entry = queues.setdefault(row["queue"], _queue_entry())
+            entry["unassigned"] += int(row["count"])
+            entry["unschedulable"] += int(row["unschedulable"])
+            unschedulable += int(row["unschedulable"])
 
     return {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -115,11 +133,14 @@ def snapshot(gw: Gateway, *, limit: int = 1000) -> dict[str, Any]:
             **{d: _amounts(*totals[d]) for d in DIMENSIONS},
             "runners": sum(1 for r in runners if r["state"] == "active"),
             "allocations": counts,
+            "unschedulable": unschedulable,
+            "truncated": len(allocations) >= limit,
         },
         "queues": {
             q: {
                 "runners": e["runners"],
                 "unassigned": e["unassigned"],
+                "unschedulable": e["unschedulable"],
                 **{d: _amounts(*e[d]) for d in DIMENSIONS},
             }
             for q, e in sorted(queues.items())

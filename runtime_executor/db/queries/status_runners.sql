@@ -1,6 +1,7 @@
 SELECT r.id, r.name, r.hostname, r.pid, r.queues, r.state, r.slots, r.cpu, r.memory_mb,
        coalesce(sum(a.slots), 0) AS used_slots, coalesce(sum(a.cpu), 0) AS used_cpu,
        coalesce(sum(a.memory_mb), 0) AS used_memory_mb,
+       count(a.id) AS allocation_count,
        r.lease_expires_at < clock_timestamp() AS lease_expired,
        extract(epoch FROM clock_timestamp() - r.heartbeat_at) AS heartbeat_age,
        r.host_cpu_percent, r.host_memory_used_mb, r.started_at
