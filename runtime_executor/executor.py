@@ -6,7 +6,8 @@ Airflow's tables and never runs a task itself.
 * ``queue_workload`` inserts one allocation per task (or callback) in the scheduler's own
   transaction when rtx shares Airflow's database, so the row exists exactly when the task instance
   is QUEUED. The allocation id is the external executor id the scheduler pre-assigned.
-* ``sync`` reports every state change once: one UPDATE marks rows reported and returns them.
+* ``sync`` reports every state change at least once (a second delivery changes nothing): it reads
+  what is owed, pushes it to the event buffer, then marks those rows reported.
 * A bad resource request is stored as a failed allocation with its reason, so the task fails at
   once with a message naming it and the value, and the scheduler carries on.
 """
@@ -226,17 +227,41 @@ class RuntimeExecutor(BaseExecutor):
         return self._db
 
     def sync(self) -> None:
+        # Invariant: every state change reaches the scheduler at least once, and a second delivery
+        # changes nothing. Read what is owed (marks nothing), push it to the event buffer, and only
+        # then mark exactly the rows pushed, each guarded by the state pushed. A failure before the
+        # mark (lost connection, an exception halfway) leaves the rows owed: the next sync delivers
+        # them again. Again is harmless: change_state on a key no longer in ``running`` only logs,
+        # the scheduler ignores a terminal event for a try it has already finished (its TI is no
+        # longer QUEUED/RUNNING with that try number), and a RUNNING event only sets the id again.
         try:
             with self._database().transaction() as gw:
-                rows = gw.report_outcomes(self.job_id)
+                rows = gw.unreported_outcomes(self.job_id)
                 if time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
                     self._reconcile(gw)
         except Exception as exc:  # noqa: BLE001 - the scheduler loop must survive a database hiccup
             self.log.warning("RuntimeExecutor.sync could not read outcomes: %s", redact_url(str(exc)))
             return
-        self._stats.completions(rows)
+        delivered = [row for row in rows if self._deliver(row)]
+        if delivered:
+            try:
+                with self._database().transaction() as gw:
+                    marked = gw.mark_reported(
+                        [str(row["id"]) for row in delivered], [row["state"] for row in delivered], self.job_id
+                    )
+            except Exception as exc:  # noqa: BLE001 - delivered already; they are delivered again next time
+                self.log.warning(
+                    "RuntimeExecutor.sync could not mark %d outcome(s) reported (they will be delivered again): %s",
+                    len(delivered),
+                    redact_url(str(exc)),
+                )
+            else:
+                self._stats.completions(marked)  # counted once: only rows this call marked
         self._emit_gauges()
-        for row in rows:
+
+    def _deliver(self, row: dict) -> bool:
+        """Push one state change to the event buffer; False (not to be marked) if that failed."""
+        try:
             key = _key_of(row)
             state = row["state"]
             if state == "running":
@@ -248,6 +273,10 @@ class RuntimeExecutor(BaseExecutor):
                 info = row["reason"] or f"allocation {row['id']} {state}"
                 self.fail(key, info=f"rtx: {info}")
                 self._allocation_ids.pop(key, None)
+        except Exception:  # noqa: BLE001 - left unreported: delivered again by the next sync
+            self.log.exception("RuntimeExecutor could not deliver the outcome of allocation %s", row.get("id"))
+            return False
+        return True
 
     def _emit_gauges(self) -> None:
         """rtx's capacity and queue gauges through Airflow's metrics: one query every ~10 s; never raises."""

@@ -67,8 +67,15 @@ class Gateway:
     def insert_allocation(self, **row: Any) -> int:
         return self.execute("insert_allocation", row)
 
-    def report_outcomes(self, job_id: int | None) -> list[Row]:
-        return self.fetch("report_outcomes", {"job_id": job_id})
+    def unreported_outcomes(self, job_id: int | None) -> list[Row]:
+        """State changes owed to the scheduler; reading marks nothing (see mark_reported)."""
+        return self.fetch("unreported_outcomes", {"job_id": job_id})
+
+    report_outcomes = unreported_outcomes  # the older name (tests read what is owed with it)
+
+    def mark_reported(self, ids: Sequence[str], states: Sequence[str], job_id: int | None) -> list[Row]:
+        """Mark delivered rows reported, each only while still in the state delivered; returns those marked."""
+        return self.fetch("mark_reported", {"ids": list(ids), "states": list(states), "job_id": job_id})
 
     def cancel_allocations(self, ids: Sequence[str]) -> list[Row]:
         return self.fetch("cancel_allocations", {"ids": list(ids)})

@@ -7,6 +7,7 @@ row: the Gateway's ``assign`` and ``finish_allocation``, and a state-guarded UPD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -343,6 +344,118 @@ def test_runner_progress_is_reported_exactly_once(
     assert key not in executor.running
     executor.sync()
     assert _events(executor) == {}
+
+
+# -- sync(): at least once, and a second delivery changes nothing (issue 11, item 7) --------------
+
+
+def _finished_task(executor, engine, rtx_db, state: str = "succeeded", task_id: str = "task"):
+    workload = task_workload(task_id=task_id, executor_config=RUNTIME)
+    queue_in_session(executor, engine, workload)
+    runner_id = register_runner(rtx_db)
+    start_on_runner(rtx_db, workload.ti.external_executor_id, runner_id)
+    finish_on_runner(
+        rtx_db, workload.ti.external_executor_id, runner_id, state, 0 if state == "succeeded" else 1
+    )
+    return workload
+
+
+def test_an_exception_halfway_through_sync_loses_no_outcome(make_executor, engine, rtx_db, rtx, monkeypatch):
+    executor = make_executor()
+    first = _finished_task(executor, engine, rtx_db, task_id="first")
+    second = _finished_task(executor, engine, rtx_db, task_id="second")
+    real_success = executor.success
+    calls = []
+
+    def success_failing_once(key, info=None):
+        calls.append(key)
+        if len(calls) == 1:
+            raise RuntimeError("the scheduler's side broke halfway")
+        real_success(key, info)
+
+    monkeypatch.setattr(executor, "success", success_failing_once)
+    delivered = {}
+    with contextlib.suppress(RuntimeError):  # (it used to escape sync())
+        executor.sync()
+    delivered.update(_events(executor))
+    executor.sync()  # whichever one broke is delivered now
+    delivered.update(_events(executor))
+    assert set(delivered) == {first.ti.key, second.ti.key}
+    assert {state for state, _ in delivered.values()} == {TaskInstanceState.SUCCESS}
+    rows = rtx.rows("SELECT reported_state FROM {schema}.allocations")
+    assert [r["reported_state"] for r in rows] == ["succeeded", "succeeded"]
+    executor.sync()
+    assert _events(executor) == {}
+
+
+def _install_trigger(rtx, body: str) -> None:
+    rtx.rows(
+        "CREATE FUNCTION {schema}.break_marking() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN {body}; RETURN NEW; END $$"
+    )
+    rtx.rows(
+        "CREATE TRIGGER break_marking BEFORE UPDATE OF reported_state ON {schema}.allocations"
+        " FOR EACH ROW WHEN (NEW.reported_state IN ('succeeded', 'failed', 'lost'))"
+        " EXECUTE FUNCTION {schema}.break_marking()"
+    )
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # the executor's own backend is terminated in the middle of marking (a real connection loss)
+        "PERFORM pg_terminate_backend(pg_backend_pid())",
+        # or the statement that marks fails with an error
+        "RAISE EXCEPTION 'marking refused'",
+    ],
+    ids=["backend-terminated", "statement-error"],
+)
+def test_outcome_is_delivered_even_when_marking_it_reported_fails(
+    make_executor, engine, rtx_db, rtx, failure
+):
+    executor = make_executor()
+    workload = _finished_task(executor, engine, rtx_db, "failed")
+    key = workload.ti.key
+    _install_trigger(rtx, failure)
+
+    executor.sync()  # reads the outcome, delivers it, then fails to mark it reported
+    events = _events(executor)
+    assert list(events) == [key]
+    assert events[key][0] == TaskInstanceState.FAILED
+    assert key not in executor.running
+    assert rtx.allocation(workload.ti.external_executor_id)["reported_state"] is None
+
+    rtx.rows("DROP TRIGGER break_marking ON {schema}.allocations")
+    # delivered again (the scheduler ignores a second FAILED for a try it has handled): harmless
+    executor.sync()
+    events = _events(executor)
+    assert list(events) == [key]
+    assert events[key][0] == TaskInstanceState.FAILED
+    assert key not in executor.running
+    assert rtx.allocation(workload.ti.external_executor_id)["reported_state"] == "failed"
+    executor.sync()
+    assert _events(executor) == {}
+
+
+def test_marking_is_guarded_by_the_reported_state(make_executor, engine, rtx_db, rtx):
+    """A row that moved on between the read and the mark (running -> succeeded) is not marked
+    with its new state: the new state is delivered by the next sync."""
+    executor = make_executor()
+    workload = task_workload(executor_config=RUNTIME)
+    allocation_id = workload.ti.external_executor_id
+    queue_in_session(executor, engine, workload)
+    runner_id = register_runner(rtx_db)
+    start_on_runner(rtx_db, allocation_id, runner_id)
+    with rtx_db.transaction() as gw:
+        (row,) = gw.unreported_outcomes(executor.job_id)
+        assert row["state"] == "running"
+    finish_on_runner(rtx_db, allocation_id, runner_id, "succeeded")
+    with rtx_db.transaction() as gw:
+        assert gw.mark_reported([str(row["id"])], ["running"], executor.job_id) == []
+    assert rtx.allocation(allocation_id)["reported_state"] is None
+    executor.sync()
+    assert _events(executor)[workload.ti.key][0] == TaskInstanceState.SUCCESS
+    assert rtx.allocation(allocation_id)["reported_state"] == "succeeded"
 
 
 def test_lost_allocation_is_reported_failed_once(make_executor, engine, rtx_db, rtx):
