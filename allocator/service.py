@@ -12,6 +12,8 @@ Loops of the process (plus a metrics loop with --metrics-port):
   allocators. Passes commit asynchronously (see ``Database``).
 * upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
   stayed unschedulable past ``unschedulable_timeout``, prune finished rows after ``retention``.
+  Rescue is two statements in one transaction: mark the runners whose lease expired lost, then
+  sweep the work of every runner that is not live (not only those just marked).
 
 Invariant: for every runner, the slots, cpu and memory of its assigned + running allocations never
 exceed its capacity. Only a placement pass adds to that sum, and it does so under the placement lock
@@ -23,6 +25,12 @@ advisory lock, never the runner row: heartbeats (``heartbeat_runner``), rescue a
 runner rows and never take it. An allocator that freezes mid-pass therefore stalls only the other
 allocators (their lock waits end after ``lock_timeout`` and are retried), and the server ends its
 session after ``idle_in_transaction_timeout``, releasing what it held.
+
+Invariant: no allocation stays non-terminal on a runner that is not live. Nothing lands on one:
+``assign`` re-checks, under the placement lock, that its runner is active with an unexpired lease,
+and ``start_assigned`` that its own runner is live. What slips in while a rescue runs (a placement
+or a start that commits after rescue read) is swept by the next upkeep pass, because the sweep looks
+at every non-live runner. Rescue takes nothing placement holds and skips rows locked by others.
 
 If an allocator dies mid-pass, its transaction rolls back: its claims and locks vanish with it.
 """

@@ -118,7 +118,9 @@ class Gateway:
         return self.fetch("fail_unschedulable", {"timeout": timeout})
 
     def rescue_expired_runners(self) -> list[Row]:
-        return self.fetch("rescue_expired_runners")
+        """Mark runners whose lease expired lost, then sweep every non-live runner's work (two
+        statements in the caller's transaction: the sweep's snapshot sees the first's changes)."""
+        return self.fetch("rescue_expired_runners") + self.fetch("rescue_stranded_allocations")
 
     def prune_finished(self, retention: float) -> int:
         return self.fetch("prune_finished", {"retention": retention})[0]["count"]
