@@ -13,7 +13,8 @@ Loops of the process (plus a metrics loop with --metrics-port):
 * upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
   stayed unschedulable past ``unschedulable_timeout``, prune finished rows after ``retention``.
   Rescue is two statements in one transaction: mark the runners whose lease expired lost, then
-  sweep the work of every runner that is not live (not only those just marked).
+  sweep the work of every runner that is not live (not only those just marked): lost, stopped
+  (once its last lease ran out: a runner can deregister with rows still running), or gone.
 
 Invariant: for every runner, the slots, cpu and memory of its assigned + running allocations never
 exceed its capacity. Only a placement pass adds to that sum, and it does so under the placement lock

@@ -14,8 +14,10 @@ import time
 import pytest
 
 from runtime_executor.db.connection import Database
+from runtime_executor.testing.daemons import query, wait_for
 from tests.integration.conftest import register_runner
 from tests.support.allocations import assign_to, insert_allocations
+from tests.support.fixtures import FAST, states, wait_states
 
 STRANDED = """
 SELECT a.id::text, a.state, a.runner_id::text
@@ -135,3 +137,45 @@ def test_a_start_that_commits_while_rescue_runs_is_swept_by_the_next_pass(rtx, r
     row = rtx.allocation(allocation)
     assert row["state"] == "lost"
     assert row["reason"] == f"runner r1 ({runner_id}) stopped heartbeating; its lease expired"
+
+
+def test_a_runner_that_stopped_with_work_on_it_is_cleaned_up_by_upkeep(db, daemons):
+    """Item 4: a runner row 'stopped' with one running and one assigned allocation (outcomes not
+    flushed before the drain deadline, a process that would not die): the allocator's upkeep
+    marks the running one lost (reported failed) and returns the assigned one, within the lease
+    plus a few upkeep passes."""
+    lease = float(FAST["RTX_LEASE_TIMEOUT"])
+    daemons.allocator(**FAST)
+    runner_id = register_runner(db, name="gone")
+    with db.transaction() as gw:  # a lease as short as the daemons'
+        gw.heartbeat_runner(runner_id, lease)
+    running, assigned = insert_allocations(db, 2, queue="nobody-else-serves-this")
+    with db.transaction() as gw:
+        assert assign_to(gw, [running, assigned], runner_id) == 2
+        gw.conn.execute(
+            "UPDATE runtime_executor.allocations SET state = 'running', started_at = clock_timestamp() WHERE id = %s",
+            [running],
+        )
+        assert gw.set_runner_state(runner_id, "stopped", ["active"])
+    started = time.monotonic()
+    wait_for(
+        lambda: states(daemons.db_url, [running]) == {running: "lost"},
+        lease + 10,
+        what="the running row lost",
+    )
+    wait_states(daemons.db_url, [assigned], {"unassigned"}, timeout=5)
+    assert time.monotonic() - started < lease + 5
+    [(reason, runner_of_assigned)] = query(
+        daemons.db_url,
+        "SELECT (SELECT reason FROM runtime_executor.allocations WHERE id = %(r)s),"
+        " (SELECT runner_id FROM runtime_executor.allocations WHERE id = %(a)s)",
+        {"r": running, "a": assigned},
+    )
+    assert reason == f"runner gone ({runner_id}) stopped while the task was running"
+    assert runner_of_assigned is None
+    assert query(
+        daemons.db_url, "SELECT state FROM runtime_executor.runners WHERE id = %(r)s", {"r": runner_id}
+    ) == [("stopped",)]
+    with db.transaction() as gw:
+        [outcome] = gw.report_outcomes(None)
+    assert (str(outcome["id"]), outcome["state"]) == (running, "lost")
