@@ -57,7 +57,7 @@ def serve(**options) -> None:
         fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
     # systemd watchdog: renewed only while every loop is alive and recently succeeded
     healthy = loops_healthy(
-        [allocator.placement, allocator.upkeep, allocator.listener.loop],
+        [allocator.placement, allocator.upkeep, allocator.prune, allocator.listener.loop],
         stale_after=3 * settings.lease_timeout,
     )
     serve_until_signal(allocator.start, allocator.stop, healthy)

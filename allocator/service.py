@@ -11,10 +11,15 @@ Loops of the process (plus a metrics loop with --metrics-port):
   to the commit of the assignments is what keeps the invariant below with any number of
   allocators. Passes commit asynchronously (see ``Database``).
 * upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
-  stayed unschedulable past ``unschedulable_timeout``, prune finished rows after ``retention``.
+  stayed unschedulable past ``unschedulable_timeout``.
   Rescue is two statements in one transaction: mark the runners whose lease expired lost, then
   sweep the work of every runner that is not live (not only those just marked): lost, stopped
   (once its last lease ran out: a runner can deregister with rows still running), or gone.
+* prune (every ``PRUNE_EVERY`` s, a loop of its own so that a long prune never delays rescue):
+  delete terminal allocations past ``retention`` (unreported ones past ``unreported_retention``),
+  audit events past ``retention`` and runners stopped or lost past ``retention``. Each tick deletes
+  one batch of at most ``PRUNE_BATCH`` rows per table, each batch its own short transaction, and
+  ticks again at once while a batch was full.
 
 Invariant: for every runner, the slots, cpu and memory of its assigned + running allocations never
 exceed its capacity. Only a placement pass adds to that sum, and it does so under the placement lock
@@ -56,6 +61,7 @@ from runtime_executor.settings import Settings
 log = structlog.get_logger("rtx.allocator")
 
 PRUNE_EVERY = 60.0
+PRUNE_BATCH = 1000  # rows per delete statement (one short transaction each); see bench/prune.py
 HEAD_OF_QUEUE = 16  # requests always looked at per queue, even with no free capacity
 
 
@@ -78,6 +84,9 @@ class Allocator:
         self._upkeep_db = Database(settings, self.name + "-upkeep")
         self.placement = Loop("placement", self.place_pass, settings.allocator_poll_interval)
         self.upkeep = Loop("upkeep", self.upkeep_pass, settings.heartbeat_interval)
+        # its own loop and connection: rescue (upkeep) never waits behind a prune
+        self._prune_db = Database(settings, self.name + "-prune")
+        self.prune = Loop("prune", self.prune_pass, PRUNE_EVERY)
         self.listener = Listener(settings, self.name + "-listen")
         self.listener.subscribe("allocator", [lambda _payload: self.placement.wake()])
         self.metrics = AllocatorMetrics()
@@ -86,7 +95,7 @@ class Allocator:
         self.metrics_loop = (
             Loop("metrics", self.metrics_pass, settings.allocator_poll_interval) if self._metrics_db else None
         )
-        self._last_prune = 0.0
+        self._pruned = 0  # rows deleted by the current run of full batches (logged when it ends)
         self.placed_total = 0
         self._stopped = threading.Event()
 
@@ -96,6 +105,7 @@ class Allocator:
         self.listener.start()
         self.placement.start()
         self.upkeep.start()
+        self.prune.start()
         if self.metrics_loop is not None:
             self.metrics_loop.start()
 
@@ -104,12 +114,14 @@ class Allocator:
         self.listener.stop()
         self.placement.stop(timeout=30)
         self.upkeep.stop(timeout=30)
+        self.prune.stop(timeout=30)
         if self.metrics_loop is not None and self._metrics_db is not None:
             self.metrics_loop.stop()
             self._metrics_db.close()
         self.metrics.close()
         self._placement_db.close()
         self._upkeep_db.close()
+        self._prune_db.close()
         self._stopped.set()
         log.info("allocator stopped", allocator=self.name, placed=self.placed_total)
 
@@ -209,13 +221,29 @@ class Allocator:
                     task_id=row["task_id"],
                     reason=row["reason"],
                 )
-        if time.monotonic() - self._last_prune > PRUNE_EVERY:
-            with self._upkeep_db.transaction() as gw:
-                pruned = gw.prune_finished(self.settings.retention)
-            self._last_prune = time.monotonic()
-            if pruned:
-                log.info("pruned finished allocations", count=pruned)
         return False
+
+    # -- prune ----------------------------------------------------------------------------------
+    def prune_pass(self) -> bool:
+        """One batch per table; True while some batch was full (the loop runs again at once).
+
+        Invariant: a prune never delays rescue and never holds much: it has its own loop and
+        connection, and each statement deletes at most ``PRUNE_BATCH`` rows in its own transaction.
+        """
+        retention = self.settings.retention
+        unreported = max(retention, self.settings.unreported_retention)
+        with self._prune_db.statements() as gw:  # autocommit: each batch its own transaction
+            counts = (
+                gw.prune_allocations(retention, unreported, PRUNE_BATCH),
+                gw.prune_events(retention, PRUNE_BATCH),
+                gw.prune_runners(retention, PRUNE_BATCH),
+            )
+        self._pruned += sum(counts)
+        more = any(n >= PRUNE_BATCH for n in counts)
+        if not more and self._pruned:
+            log.info("pruned finished rows", count=self._pruned)
+            self._pruned = 0
+        return more
 
 
 def _runner_state(row: dict, held: dict | None) -> RunnerState:

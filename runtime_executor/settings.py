@@ -51,6 +51,7 @@ class Settings:
     metrics_port: int = 0  # Prometheus /metrics of a daemon; 0 = off
     metrics_host: str = "127.0.0.1"
     retention: float = 86400.0
+    unreported_retention: float = 604800.0  # terminal rows never reported (e.g. of a dead scheduler)
     # every rtx session (runtime_executor.db.connection): seconds, 0 = no limit
     lock_timeout: float = 5.0  # longest wait for a lock before the statement fails (and is retried)
     idle_in_transaction_timeout: float = 10.0  # the server ends a session idle this long inside a transaction
@@ -184,6 +185,9 @@ def validate(settings: Settings) -> None:
     for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}={getattr(settings, name)!r} must be >= 1")
+    for name in ("retention", "unreported_retention"):  # unreported rows keep max(both)
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name}={getattr(settings, name)!r} must be >= 0")
     if settings.allocator_batch_size < 1:
         raise ConfigError(f"allocator_batch_size={settings.allocator_batch_size!r} must be >= 1")
 

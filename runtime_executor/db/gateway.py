@@ -122,8 +122,18 @@ class Gateway:
         statements in the caller's transaction: the sweep's snapshot sees the first's changes)."""
         return self.fetch("rescue_expired_runners") + self.fetch("rescue_stranded_allocations")
 
-    def prune_finished(self, retention: float) -> int:
-        return self.fetch("prune_finished", {"retention": retention})[0]["count"]
+    # prunes: one batch each, at most ``limit`` rows; run each as its own statement (autocommit)
+    def prune_allocations(self, retention: float, unreported_retention: float, limit: int) -> int:
+        return self.execute(
+            "prune_allocations",
+            {"retention": retention, "unreported_retention": unreported_retention, "limit": limit},
+        )
+
+    def prune_events(self, retention: float, limit: int) -> int:
+        return self.execute("prune_events", {"retention": retention, "limit": limit})
+
+    def prune_runners(self, retention: float, limit: int) -> int:
+        return self.execute("prune_runners", {"retention": retention, "limit": limit})
 
     # -- runner ---------------------------------------------------------------------------------
     def register_runner(self, **row: Any) -> None:
