@@ -10,14 +10,19 @@ Airflow's tables and never runs a task itself.
   what is owed, pushes it to the event buffer, then marks those rows reported.
 * A bad resource request is stored as a failed allocation with its reason, so the task fails at
   once with a message naming it and the value, and the scheduler carries on.
+* With a separate rtx database (``RTX_DATABASE_URL``) that cannot be reached, a queued workload
+  waits in BaseExecutor's own queue (``queued_tasks``; the task stays QUEUED in Airflow) and the
+  next heartbeat's ``trigger_tasks`` inserts it once the database answers; sync, revoke and adopt
+  skip database work until a background probe has reconnected (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from airflow.configuration import conf
@@ -37,6 +42,72 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 RECONCILE_EVERY = 60.0
+OUTAGE_PROBE_FIRST = 0.5  # s after rtx's database became unreachable, then doubling ...
+OUTAGE_PROBE_MAX = 15.0  # ... up to this: the longest a recovered database goes unnoticed
+
+T = TypeVar("T")
+
+
+class _OutageGate:
+    """Whether rtx's own database is known to be unreachable.
+
+    Invariant: while it is, no scheduler call (queue_workload, sync, revoke_task,
+    try_adopt_task_instances, heartbeat) waits on it: each skips its database work at once. Only
+    the call that finds the outage pays (at most one connect timeout). A background thread probes
+    with a fresh connection, backing off exponentially, and opens the gate when one succeeds.
+    """
+
+    def __init__(self, probe: Callable[[], None], log: Any) -> None:
+        self._probe = probe
+        self._log = log
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self.cause = ""
+        self._closed = threading.Event()
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def describe(self) -> str:
+        since = self._down_since
+        held = f" for {time.monotonic() - since:.0f} s" if since is not None else ""
+        return f"rtx's database is unreachable{held} ({self.cause}); retrying in the background"
+
+    def trip(self, cause: str) -> None:
+        with self._lock:
+            self.cause = cause
+            if self._down_since is not None or self._closed.is_set():
+                return
+            self._down_since = time.monotonic()
+            threading.Thread(target=self._run, name="rtx-executor-db-probe", daemon=True).start()
+        self._log.warning(
+            "RuntimeExecutor: rtx's database is unreachable (%s); the scheduler carries on without it "
+            "(workloads wait in the executor's queue) until it answers again",
+            cause,
+        )
+
+    def _run(self) -> None:
+        delay = OUTAGE_PROBE_FIRST
+        while not self._closed.wait(delay):
+            try:
+                self._probe()
+            except Exception as exc:  # noqa: BLE001 - still down: try again later
+                self.cause = redact_url(
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                delay = min(delay * 2, OUTAGE_PROBE_MAX)
+                continue
+            with self._lock:
+                since, self._down_since = self._down_since, None
+            self._log.warning(
+                "RuntimeExecutor: rtx's database answers again (after %.1f s)",
+                time.monotonic() - (since or 0.0),
+            )
+            return
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class RuntimeExecutor(BaseExecutor):
@@ -56,6 +127,9 @@ class RuntimeExecutor(BaseExecutor):
         self._dag_resources: dict[tuple[str, str], Any] = {}
         self._last_reconcile = time.monotonic()
         self._stats = ExecutorStats(self.log)
+        self._gate = _OutageGate(self._probe, self.log)
+        self._held_rows: dict[Any, dict[str, Any]] = {}  # workloads waiting for rtx's database
+        self._pending_cancels: set[str] = set()  # revokes asked for while it was unreachable
 
     # -- start / stop -----------------------------------------------------------------------------
     @property
@@ -95,9 +169,16 @@ class RuntimeExecutor(BaseExecutor):
 
     def end(self) -> None:
         self.sync()
+        if self._held_rows:
+            self.log.warning(
+                "RuntimeExecutor stops with %d workload(s) never written to rtx's database; Airflow "
+                "reschedules them (they are not adopted)",
+                len(self._held_rows),
+            )
         self.terminate()
 
     def terminate(self) -> None:
+        self._gate.close()
         if self._db is not None:
             self._db.close()
 
@@ -111,8 +192,19 @@ class RuntimeExecutor(BaseExecutor):
             super().queue_workload(workload, session)
 
     def _process_workloads(self, workloads_: Sequence[Any]) -> None:
-        # Nothing to do: queue_workload already handed every workload to the allocator.
-        return None
+        """``trigger_tasks`` (every heartbeat) hands back what waits in ``queued_tasks`` and
+        ``queued_callbacks``: only workloads queue_workload could not write while rtx's database was
+        unreachable. Write them now; if it still cannot be reached they wait for the next heartbeat."""
+        for workload in workloads_:
+            key = workload.ti.key if isinstance(workload, workloads.ExecuteTask) else workload.key
+            row = self._held_rows.get(key)
+            if row is None:  # not one of ours (never happens): do not keep it forever
+                self.log.error("RuntimeExecutor: no allocation row for queued workload %s; dropped", key)
+                self._unqueue(key)
+                continue
+            if not self._try_insert(key, row):
+                return
+            self._unqueue(key)
 
     def _queue_task(self, workload: Any, session: Session) -> None:
         ti = workload.ti
@@ -138,8 +230,10 @@ class RuntimeExecutor(BaseExecutor):
             )
             self.log.error("%s", reason)
             self.log_task_event(event="runtime executor: bad resource request", extra=reason, ti_key=key)
-        self._insert(
+        self._submit(
             session,
+            key,
+            workload,
             id=allocation_id,
             kind="task",
             dag_id=ti.dag_id,
@@ -158,14 +252,14 @@ class RuntimeExecutor(BaseExecutor):
             scheduler_job_id=self.job_id,
             reason=reason,
         )
-        self.running.add(key)
-        self._allocation_ids[key] = allocation_id
 
     def _queue_callback(self, workload: Any, session: Session) -> None:
         key = workload.key
         allocation_id = str(uuid.uuid4())
-        self._insert(
+        self._submit(
             session,
+            key,
+            workload,
             id=allocation_id,
             kind="callback",
             dag_id=None,
@@ -184,16 +278,48 @@ class RuntimeExecutor(BaseExecutor):
             scheduler_job_id=self.job_id,
             reason=None,
         )
-        self.running.add(key)
-        self._allocation_ids[key] = allocation_id
 
-    def _insert(self, session: Session, **row: Any) -> None:
+    def _submit(self, session: Session, key: Any, workload: Any, /, **row: Any) -> None:
         if self._shares_airflow_db:
             # Same transaction as the task instance's QUEUED state: both commit or neither does.
             Gateway(session.connection().connection, self.settings.schema).insert_allocation(**row)
-        else:
-            with self._database().transaction() as gw:
-                gw.insert_allocation(**row)
+            self._track(key, row["id"])
+            return
+        # A separate rtx database. Invariant: its outage never raises out of queue_workload. The
+        # workload waits in BaseExecutor's own queue (so it counts against parallelism, has_task()
+        # sees it, and revoke_task drops it) and _process_workloads writes it when it can.
+        if not self._try_insert(key, row):
+            self._held_rows[key] = row
+            if isinstance(workload, workloads.ExecuteCallback):
+                self.queued_callbacks[key] = workload
+            else:
+                self.queued_tasks[key] = workload
+
+    def _try_insert(self, key: Any, row: dict[str, Any]) -> bool:
+        """Write one allocation to rtx's own database; False while that cannot be reached."""
+        try:
+            self._with_db(lambda gw: gw.insert_allocation(**row))
+        except DatabaseUnavailable:
+            return False
+        except Exception as exc:  # noqa: BLE001 - reachable, yet refused (schema gone, a bug): fail it
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            info = (
+                f"rtx: could not queue allocation {row['id']}: {type(exc).__name__}: {redact_url(first_line)}"
+            )
+            self.log.error("%s (%s)", info, key)
+            self.fail(key, info=info)
+            return True
+        self._track(key, str(row["id"]))
+        return True
+
+    def _track(self, key: Any, allocation_id: str) -> None:
+        self.running.add(key)
+        self._allocation_ids[key] = allocation_id
+
+    def _unqueue(self, key: Any) -> None:
+        self.queued_tasks.pop(key, None)
+        self.queued_callbacks.pop(key, None)
+        self._held_rows.pop(key, None)
 
     def _airflow_resources(self, ti: Any) -> Any:
         """Airflow's own ``resources=`` of the task (not on the TI: read from the serialized DAG)."""
@@ -226,6 +352,29 @@ class RuntimeExecutor(BaseExecutor):
             self._db = Database(self.settings, f"rtx-executor:{self.job_id}")
         return self._db
 
+    def _probe(self) -> None:
+        connect(self.settings, f"rtx-executor-probe:{self.job_id}").close()
+
+    def _with_db(self, work: Callable[[Gateway], T]) -> T:
+        """``work`` in one transaction on rtx's own database (every statement it runs is idempotent).
+
+        Raises DatabaseUnavailable at once while the outage gate is down, and closes the gate when
+        the database cannot be reached. A session that died (server restart, a dropped connection)
+        is replaced and ``work`` tried once more."""
+        if self._gate.down:
+            raise DatabaseUnavailable(self._gate.describe())
+        for attempt in (1, 2):
+            try:
+                with self._database().transaction() as gw:
+                    return work(gw)
+            except DatabaseUnavailable as exc:
+                self._gate.trip(redact_url(str(exc)))
+                raise
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def sync(self) -> None:
         # Invariant: every state change reaches the scheduler at least once, and a second delivery
         # changes nothing. Read what is owed (marks nothing), push it to the event buffer, and only
@@ -234,21 +383,26 @@ class RuntimeExecutor(BaseExecutor):
         # them again. Again is harmless: change_state on a key no longer in ``running`` only logs,
         # the scheduler ignores a terminal event for a try it has already finished (its TI is no
         # longer QUEUED/RUNNING with that try number), and a RUNNING event only sets the id again.
+        if self._gate.down:
+            return  # no wait on an unreachable database; outcomes stay owed in it until it is back
+        self._flush_cancels()
+
+        def read(gw: Gateway) -> list[dict]:
+            rows = gw.unreported_outcomes(self.job_id)
+            if time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
+                self._reconcile(gw)
+            return rows
+
         try:
-            with self._database().transaction() as gw:
-                rows = gw.unreported_outcomes(self.job_id)
-                if time.monotonic() - self._last_reconcile > RECONCILE_EVERY:
-                    self._reconcile(gw)
+            rows = self._with_db(read)
         except Exception as exc:  # noqa: BLE001 - the scheduler loop must survive a database hiccup
             self.log.warning("RuntimeExecutor.sync could not read outcomes: %s", redact_url(str(exc)))
             return
         delivered = [row for row in rows if self._deliver(row)]
         if delivered:
+            ids, states = [str(row["id"]) for row in delivered], [row["state"] for row in delivered]
             try:
-                with self._database().transaction() as gw:
-                    marked = gw.mark_reported(
-                        [str(row["id"]) for row in delivered], [row["state"] for row in delivered], self.job_id
-                    )
+                marked = self._with_db(lambda gw: gw.mark_reported(ids, states, self.job_id))
             except Exception as exc:  # noqa: BLE001 - delivered already; they are delivered again next time
                 self.log.warning(
                     "RuntimeExecutor.sync could not mark %d outcome(s) reported (they will be delivered again): %s",
@@ -274,17 +428,18 @@ class RuntimeExecutor(BaseExecutor):
                 self.fail(key, info=f"rtx: {info}")
                 self._allocation_ids.pop(key, None)
         except Exception:  # noqa: BLE001 - left unreported: delivered again by the next sync
-            self.log.exception("RuntimeExecutor could not deliver the outcome of allocation %s", row.get("id"))
+            self.log.exception(
+                "RuntimeExecutor could not deliver the outcome of allocation %s", row.get("id")
+            )
             return False
         return True
 
     def _emit_gauges(self) -> None:
         """rtx's capacity and queue gauges through Airflow's metrics: one query every ~10 s; never raises."""
-        if not self._stats.due():
+        if self._gate.down or not self._stats.due():
             return
         try:
-            with self._database().statements() as gw:
-                row = gw.executor_metrics()
+            row = self._with_db(lambda gw: gw.executor_metrics())
         except Exception as exc:  # noqa: BLE001 - metrics never fail sync()
             self.log.debug("RuntimeExecutor could not read metrics: %s", redact_url(str(exc)))
             return
@@ -303,14 +458,30 @@ class RuntimeExecutor(BaseExecutor):
     def revoke_task(self, *, ti: Any) -> None:
         """Cancel the allocation (a runner that already started it stops it). Never raises."""
         allocation_id = self._allocation_ids.pop(ti.key, None) or ti.external_executor_id
-        try:
-            if _is_uuid(allocation_id):
-                with self._database().transaction() as gw:
-                    gw.cancel_allocations([str(allocation_id)])
-        except Exception as exc:  # noqa: BLE001 - revoke_task must not raise
-            self.log.warning("RuntimeExecutor could not revoke %s: %s", ti.key, redact_url(str(exc)))
+        self._unqueue(ti.key)  # one still waiting for rtx's database is now never written
+        if _is_uuid(allocation_id):
+            try:
+                self._with_db(lambda gw: gw.cancel_allocations([str(allocation_id)]))
+            except DatabaseUnavailable:
+                # applied by the first sync once the database answers again
+                self._pending_cancels.add(str(allocation_id))
+                self.log.warning("RuntimeExecutor will revoke %s once rtx's database answers", ti.key)
+            except Exception as exc:  # noqa: BLE001 - revoke_task must not raise
+                self.log.warning("RuntimeExecutor could not revoke %s: %s", ti.key, redact_url(str(exc)))
         self.running.discard(ti.key)
-        self.queued_tasks.pop(ti.key, None)
+
+    def _flush_cancels(self) -> None:
+        if not self._pending_cancels:
+            return
+        ids = sorted(self._pending_cancels)
+        try:
+            self._with_db(lambda gw: gw.cancel_allocations(ids))
+        except Exception as exc:  # noqa: BLE001 - kept for the next sync
+            self.log.warning(
+                "RuntimeExecutor could not apply %d revoke(s) yet: %s", len(ids), redact_url(str(exc))
+            )
+            return
+        self._pending_cancels.difference_update(ids)
 
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         # ids of other executors (e.g. Celery task ids) cannot be ours: they are simply not adopted
@@ -318,8 +489,7 @@ class RuntimeExecutor(BaseExecutor):
         if not by_id:
             return list(tis)
         try:
-            with self._database().transaction() as gw:
-                rows = gw.adopt_allocations(list(by_id), self.job_id)
+            rows = self._with_db(lambda gw: gw.adopt_allocations(list(by_id), self.job_id))
         except Exception as exc:  # noqa: BLE001 - not adopted means Airflow reschedules them
             self.log.warning("RuntimeExecutor could not adopt tasks: %s", redact_url(str(exc)))
             return list(tis)

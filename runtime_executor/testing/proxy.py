@@ -1,7 +1,9 @@
 """A TCP proxy the fault tests control: put it between one daemon and Postgres, then cut it.
 
 ``cut()`` closes every proxied connection and refuses new ones (a network partition for that
-daemon only); ``restore()`` lets connections through again.
+daemon only); ``restore()`` lets connections through again. ``cut(hang=True)`` is a host that
+vanished instead of one that refuses: new connections are accepted and then never answered, so a
+client waits for its own connect timeout (``restore()`` closes them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open = threading.Event()
         self._open.set()
+        self._hang = False
+        self._held: list[socket.socket] = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -35,7 +39,11 @@ class TcpProxy:
             except OSError:
                 return
             if not self._open.is_set():
-                client.close()  # refused while cut
+                if self._hang:
+                    with self._lock:
+                        self._held.append(client)  # accepted, never answered
+                else:
+                    client.close()  # refused while cut
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -68,7 +76,8 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
 
-    def cut(self) -> None:
+    def cut(self, *, hang: bool = False) -> None:
+        self._hang = hang
         self._open.clear()
         with self._lock:
             pairs, self._pairs = self._pairs, []
@@ -79,8 +88,16 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._open.set()
+        with self._lock:
+            held, self._held = self._held, []
+        for s in held:
+            s.close()
 
     def close(self) -> None:
         self._stopped.set()
         self.cut()
         self._listener.close()
+        with self._lock:
+            held, self._held = self._held, []
+        for s in held:
+            s.close()
