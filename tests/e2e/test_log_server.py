@@ -145,7 +145,7 @@ def test_api_server_reads_the_task_log_through_the_runners_log_server(log_stack)
                 " GROUP BY 1",
             )
         )
-        assert budget.get("allocator") == 3  # placement, upkeep, listener (no --metrics-port)
+        assert budget.get("allocator") == 4  # placement, upkeep, prune, listener (no --metrics-port)
         assert budget.get("runner") in (4, 5)  # work, heartbeat, control, listener (+ usage once it wrote)
         assert budget.get("executor") == 1  # the shim in the scheduler
         assert "other" not in budget
