@@ -14,6 +14,7 @@ import time
 
 import psutil
 import psycopg
+import pytest
 
 from runtime_executor.db.gateway import Gateway
 from runtime_executor.testing.daemons import Daemon, query, wait_for
@@ -77,6 +78,26 @@ def test_a_foreign_session_holding_the_placement_lock_delays_no_heartbeat(db, da
     assert query(
         daemons.db_url, "SELECT state FROM runtime_executor.runners WHERE id = %(r)s", {"r": runner_id}
     ) == [("active",)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit: the lease lives in the runner row, so a session holding FOR UPDATE on that row "
+    "(an allocator of a release before schema 2, or any foreign session) still blocks its heartbeats; "
+    "rtx itself no longer takes such a lock for longer than one statement",
+)
+def test_a_foreign_session_holding_the_runner_rows_the_old_way(db, daemons, tmp_path):
+    """What placement took before issue 11 (FOR UPDATE on the live runner rows), held by a foreign
+    session for two leases: heartbeats need those rows, so the runner fences its task."""
+    _allocator, runner_id, task, pid = _long_task_on_one_runner(db, daemons, tmp_path, sleep=2 * LEASE + 3)
+    with psycopg.connect(daemons.db_url) as foreign:
+        foreign.execute(
+            "SELECT id FROM runtime_executor.runners WHERE state = 'active' ORDER BY id FOR UPDATE"
+        )
+        try:
+            _assert_heartbeats_and_task_survive(daemons.db_url, runner_id, pid, hold=2 * LEASE)
+        finally:
+            foreign.rollback()
 
 
 def _placement_backend(db_url: str, allocator_pid: int) -> int | None:
