@@ -82,8 +82,11 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, 
     except BadResourceRequest as exc:
         fail(str(exc))
     check_database(settings, "rtx-runner")
-    # The runner's own database URL is never handed to a task process (or its environment).
-    os.environ.pop("RTX_DATABASE_URL", None)
+    # No database credentials reach a task process: dropped from the runner's own environment before
+    # its fork server (which every task is forked from) starts. The settings already hold what we need.
+    from runner.task_entry import drop_database_env
+
+    drop_database_env(os.environ, settings.task_env_allow)
     runner = Runner(
         settings,
         capacity,

@@ -15,7 +15,7 @@ import importlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 import psutil
 
@@ -24,6 +24,40 @@ DEFAULT_ENTRY = "runner.task_process:run"
 # Never handed to a task: the runner's own database URL, and systemd's notify socket (the tasks
 # are not the service).
 PRIVATE_ENV = ("RTX_DATABASE_URL", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+# Every variable that carries rtx's or Airflow's metadata database credentials. Airflow 3 tasks reach
+# the database only through the Execution API, so none is handed to a task unless the operator allows
+# it by name (``task_env_allow``). ``AIRFLOW_CONN_*`` are the DAGs' own connections: left alone.
+DATABASE_ENV = (
+    "RTX_DATABASE_URL",
+    *(
+        f"{base}{form}"
+        for base in (
+            "AIRFLOW__RUNTIME_EXECUTOR__DATABASE_URL",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",
+            "AIRFLOW__CORE__SQL_ALCHEMY_CONN",  # Airflow's pre-2.3 section, still read by rtx's settings
+        )
+        for form in ("", "_CMD", "_SECRET")
+    ),
+    "PGPASSWORD",  # libpq's own: a password for rtx's connection when the URL has none
+)
+
+
+def allowed_names(allow: str) -> set[str]:
+    """``task_env_allow`` ("NAME,NAME") as a set; RTX_DATABASE_URL can never be allowed."""
+    return {name.strip() for name in allow.split(",") if name.strip()} - {"RTX_DATABASE_URL"}
+
+
+def drop_database_env(environ: MutableMapping[str, str], allow: str = "") -> list[str]:
+    """Remove the database credentials from ``environ`` (the runner's own, before its fork server
+    starts: a forked task's ``/proc/self/environ`` is its fork server's start-up environment, which
+    no ``os.environ.pop`` in the task can clean). Returns the names removed."""
+    keep = allowed_names(allow)
+    dropped = [name for name in DATABASE_ENV if name in environ and name not in keep]
+    for name in dropped:
+        del environ[name]
+    return dropped
 
 TaskFunction = Callable[[str, dict[str, str], "str | None", str], None]
 

@@ -47,6 +47,7 @@ class Settings:
     usage_interval: float = 5.0  # seconds between samples of the tasks' CPU and memory
     enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
     memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
+    task_env_allow: str = ""  # comma-separated database-credential variables tasks may still see
     # all
     metrics_port: int = 0  # Prometheus /metrics of a daemon; 0 = off
     metrics_host: str = "127.0.0.1"

@@ -130,3 +130,43 @@ def test_workload_token_never_in_argv_or_logs_and_cleared_when_done(db, daemons,
     [(workload,)] = query(daemons.db_url, "SELECT workload FROM runtime_executor.allocations WHERE id = %(a)s", {"a": allocation})
     assert workload is None  # cleared once terminal
     assert secret not in runner.log()
+
+
+# Every variable that carries rtx's or Airflow's metadata database credentials (issue 11, item 9).
+DATABASE_CREDENTIAL_ENV = {
+    "AIRFLOW__RUNTIME_EXECUTOR__DATABASE_URL": "postgresql://rtx:pw-rtx@db/rtx",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg://airflow:pw-af@db/airflow",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": "echo postgresql://airflow:pw-cmd@db/airflow",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_SECRET": "airflow/sql_alchemy_conn",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": "postgresql+asyncpg://airflow:pw-async@db/airflow",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC_CMD": "echo postgresql+asyncpg://airflow:pw-async@db/airflow",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC_SECRET": "airflow/sql_alchemy_conn_async",
+    "AIRFLOW__CORE__SQL_ALCHEMY_CONN": "postgresql://airflow:pw-core@db/airflow",
+    "PGPASSWORD": "pw-libpq",
+}
+
+
+def test_no_database_credentials_reach_a_task_unless_allowed(db, daemons, tmp_path):
+    """A task process gets none of the variables that carry rtx's or Airflow's metadata database
+    credentials (Airflow 3 tasks use the Execution API), except those the operator allows by name;
+    the DAGs' own connections (AIRFLOW_CONN_*) are left alone. Read from the task's /proc environ,
+    what it was started with."""
+    env_dump, proc_env_dump = tmp_path / "env.json", tmp_path / "proc_env.json"
+    daemons.allocator(**FAST)
+    daemons.runner(
+        name="r1",
+        RTX_TASK_ENV_ALLOW="AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",
+        AIRFLOW_CONN_WAREHOUSE="postgresql://dag:dagpw@warehouse/dw",
+        **DATABASE_CREDENTIAL_ENV,
+        **FAST,
+    )
+    wait_runners(daemons.db_url, 1)
+    [probe] = insert_allocations(db, 1, workload={"env_dump": str(env_dump), "proc_env_dump": str(proc_env_dump)})
+    assert wait_states(daemons.db_url, [probe], DONE) == {probe: "succeeded"}
+    env, started_with = json.loads(env_dump.read_text()), json.loads(proc_env_dump.read_text())
+    assert env["RTX_ALLOCATION_ID"] == probe
+    for seen in (env, started_with):  # a forked process's /proc environ is its fork server's
+        leaked = sorted(name for name in [*DATABASE_CREDENTIAL_ENV, "RTX_DATABASE_URL"] if name in seen)
+        assert leaked == ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"]  # the one allowed
+        assert seen["AIRFLOW_CONN_WAREHOUSE"] == "postgresql://dag:dagpw@warehouse/dw"
+        assert not any("pw-" in value for name, value in seen.items() if name != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC")

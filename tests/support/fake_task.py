@@ -1,6 +1,7 @@
 """A task function for runner tests without Airflow (``RTX_TASK_ENTRY=tests.support.fake_task:run``).
 
-The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/file"}``. Each start
+The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/file"}``
+(``env_dump`` / ``proc_env_dump``: write ``os.environ`` / ``/proc/self/environ`` there as JSON). Each start
 appends one line ``start <allocation> <runner> <pid> <unix time>`` (and ``end ...`` on a normal
 exit) to ``record``, so tests can prove every task ran once and never twice at the same time.
 """
@@ -30,6 +31,11 @@ def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: 
     if spec.get("env_dump"):
         with open(spec["env_dump"], "w") as f:
             json.dump(dict(os.environ), f)
+    if spec.get("proc_env_dump"):  # what the process was started with, not what Python shows
+        with open("/proc/self/environ", "rb") as src:
+            started_with = dict(e.decode().partition("=")[::2] for e in src.read().split(b"\0") if e)
+        with open(spec["proc_env_dump"], "w") as f:
+            json.dump(started_with, f)
     time.sleep(float(spec.get("sleep", 0)))
     if spec.get("allocate_mb"):
         ballast = bytearray(int(spec["allocate_mb"]) * 2**20)  # noqa: F841 - held until exit
