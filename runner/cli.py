@@ -18,6 +18,7 @@ from runtime_executor.daemon import (
 )
 from runtime_executor.metrics import serve_metrics
 from runtime_executor.resources import BadResourceRequest, parse_cpu, parse_memory_mb
+from runtime_executor.settings import ConfigError, validate_fencing
 
 
 @click.group(cls=CommandGroup)
@@ -36,6 +37,10 @@ def main() -> None:
 @click.option("--heartbeat-interval", type=float, default=None, help="Seconds between lease renewals.")
 @click.option("--lease-timeout", type=float, default=None, help="Seconds without a heartbeat before the runner is lost.")
 @click.option("--drain-timeout", type=float, default=None, help="Seconds SIGTERM waits for running tasks before stopping them.")
+@click.option(
+    "--kill-grace", type=click.FloatRange(min=0), default=None,
+    help="Seconds between SIGTERM and SIGKILL when the runner stops a task (default 5). Also RTX_KILL_GRACE.",
+)
 @click.option(
     "--spare-processes", type=click.IntRange(0, 64), default=2, show_default=True,
     help="Warm task processes kept forked ahead of time (a task starts with one pipe write).",
@@ -71,6 +76,10 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, 
     from runner.service import Capacity, Runner
 
     settings = settings_from_cli(**options)
+    try:
+        validate_fencing(settings)
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         capacity = Capacity(
             slots=slots,

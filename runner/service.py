@@ -7,10 +7,14 @@ The runner holds a lease: ``runners.lease_expires_at``, renewed by every heartbe
 (monotonic time the heartbeat was *sent*) + lease_timeout, which is never later than the database's
 view. From that:
 
-* it starts a task only while ``lease_valid_until`` is more than one heartbeat interval away;
-* once ``lease_valid_until`` passes (the database is unreachable), it kills every task it runs
-  (fencing): by then the allocator may have declared it lost and Airflow may retry the tasks
-  elsewhere, so they must not run twice;
+* it starts a task only while ``lease_valid_until`` is more than one heartbeat interval away, and
+  never once fencing has begun;
+* fencing completes before the database can declare the lease expired: rescue marks the work lost
+  once ``lease_expires_at`` passes, and Airflow (``retry_delay=0``) may start the retry at once, so
+  the old process must be dead by then. A runner that cannot renew its lease sends SIGTERM at
+  ``lease_valid_until - kill_grace - FENCE_MARGIN`` and SIGKILLs every task's whole tree at
+  ``lease_valid_until - FENCE_MARGIN``; the reaper wakes for those deadlines. Settings are checked
+  (``validate_fencing``) so that a lease renewed on time never comes that close;
 * a heartbeat that finds its row no longer active/draining means it was declared lost: it kills its
   tasks and registers again under a fresh id.
 
@@ -48,11 +52,9 @@ from runner.usage import UsageMonitor, log_path_of, oom_kills
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
 from runtime_executor.metrics import RunnerMetrics
-from runtime_executor.settings import Settings
+from runtime_executor.settings import FENCE_MARGIN, Settings, validate_fencing
 
 log = structlog.get_logger("rtx.runner")
-
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when the runner stops a task
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Runner:
         server_url: str | None = None,
         spare_processes: int = 2,
     ) -> None:
+        validate_fencing(settings)
         self.settings = settings
         self.capacity = capacity
         self.queues = queues
@@ -216,7 +219,7 @@ class Runner:
             time.sleep(0.2)
         if self._tasks:
             self._stop_all(f"runner stopped after a drain timeout of {timeout:g} s")
-        while self._tasks and time.monotonic() < deadline + KILL_GRACE + 5:
+        while self._tasks and time.monotonic() < deadline + self.settings.kill_grace + 5:
             time.sleep(0.1)
         flush_deadline = time.monotonic() + max(self.settings.lease_timeout, 5.0)
         while self._outcomes and time.monotonic() < flush_deadline:
@@ -293,7 +296,12 @@ class Runner:
 
     # -- work -----------------------------------------------------------------------------------
     def can_start(self) -> bool:
-        return not self.draining and time.monotonic() < self.lease_valid_until - self.settings.heartbeat_interval
+        left = self.lease_valid_until - time.monotonic()
+        return not self.draining and left > self.settings.heartbeat_interval and left > self._fence_lead()
+
+    def _fence_lead(self) -> float:
+        """How long before ``lease_valid_until`` fencing begins (SIGTERM; SIGKILL FENCE_MARGIN before it)."""
+        return self.settings.kill_grace + FENCE_MARGIN
 
     def work_tick(self) -> bool:
         if self.can_start():
@@ -404,7 +412,7 @@ class Runner:
     def reap_tick(self) -> bool:
         with self._tasks_lock:
             handles = {h.process.sentinel: h for h in self._tasks.values()}
-        ready = multiprocessing.connection.wait([*handles, self._wake_r], timeout=0.5)
+        ready = multiprocessing.connection.wait([*handles, self._wake_r], timeout=self._reap_timeout())
         for sentinel in ready:
             if sentinel == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -426,12 +434,25 @@ class Runner:
         if any(sentinel != self._wake_r for sentinel in ready):
             self.work.wake()
         now = time.monotonic()
-        if self._tasks and now > self.lease_valid_until:
-            self._stop_all("runner could not renew its lease; stopping its tasks so they never run twice")
+        # Invariant: a task of a runner that cannot renew its lease is dead before the database can
+        # call that lease expired. lease_valid_until is never later than the database's expiry, so
+        # SIGKILL of the whole tree FENCE_MARGIN before it, after SIGTERM kill_grace earlier.
+        kill_at = self.lease_valid_until - FENCE_MARGIN
+        if self._tasks and now >= kill_at - self.settings.kill_grace:
+            self._stop_all("runner could not renew its lease; stopping its tasks before it expires so they never run twice")
         for handle in list(self._tasks.values()):
-            if handle.term_sent_at is not None and now - handle.term_sent_at > KILL_GRACE:
+            if handle.term_sent_at is not None and (now - handle.term_sent_at > self.settings.kill_grace or now >= kill_at):
                 _signal_group(handle.pid, signal.SIGKILL)
         return True
+
+    def _reap_timeout(self) -> float:
+        """Wait for exits at most until the next stop or fencing deadline (0.5 s when none is near)."""
+        now, grace = time.monotonic(), self.settings.kill_grace
+        handles = self.task_handles()
+        deadlines = [h.term_sent_at + grace for h in handles if h.term_sent_at is not None]
+        if handles:
+            deadlines += [self.lease_valid_until - FENCE_MARGIN - grace, self.lease_valid_until - FENCE_MARGIN]
+        return min([0.5, *(d - now for d in deadlines if d > now)])
 
     def _stop(self, allocation_id: str, reason: str) -> None:
         with self._tasks_lock:

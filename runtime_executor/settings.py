@@ -30,6 +30,11 @@ class ConfigError(ValueError):
     """A setting with a value we cannot use; the message names the setting."""
 
 
+# Seconds before its local lease ends by which a cut-off runner has SIGKILLed its tasks' trees: covers
+# the reaper's wake-up and the kill itself (runner.service, "Lease and fencing").
+FENCE_MARGIN = 1.0
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
@@ -44,6 +49,7 @@ class Settings:
     lease_timeout: float = 20.0
     runner_poll_interval: float = 2.0
     drain_timeout: float = 300.0
+    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL when the runner stops a task
     usage_interval: float = 5.0  # seconds between samples of the tasks' CPU and memory
     enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
     memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
@@ -191,6 +197,23 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{name}={getattr(settings, name)!r} must be >= 0")
     if settings.allocator_batch_size < 1:
         raise ConfigError(f"allocator_batch_size={settings.allocator_batch_size!r} must be >= 1")
+
+
+def validate_fencing(settings: Settings) -> None:
+    """The runner's rule: a lease leaves room to fence. A runner that stops hearing from the database
+    has at worst ``lease_timeout - heartbeat_interval`` left on its lease; SIGTERM, ``kill_grace``,
+    SIGKILL and the margin must fit in it, so its tasks are dead before the database can call the
+    lease expired (and Airflow retry them elsewhere) yet not fenced while heartbeats still arrive."""
+    if settings.kill_grace < 0:
+        raise ConfigError(f"kill_grace={settings.kill_grace!r} must be >= 0")
+    needed = settings.heartbeat_interval + settings.kill_grace + FENCE_MARGIN
+    if settings.lease_timeout <= needed:
+        raise ConfigError(
+            f"lease_timeout={settings.lease_timeout:g} leaves no room to fence: it must be more than "
+            f"heartbeat_interval={settings.heartbeat_interval:g} + kill_grace={settings.kill_grace:g} + "
+            f"{FENCE_MARGIN:g} s margin = {needed:g}, so that a runner cut off from the database has killed "
+            "its tasks before the database calls its lease expired; raise lease_timeout or lower kill_grace"
+        )
 
 
 def redact_url(url: str) -> str:

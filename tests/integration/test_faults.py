@@ -26,6 +26,8 @@ def _never_twice_at_once(records) -> None:
     runs: dict[str, list[tuple[float, float]]] = {}
     open_runs: dict[tuple[str, int], float] = {}
     for what, allocation, _runner, pid, at in sorted(records, key=lambda r: r[4]):
+        if what not in ("start", "end"):
+            continue
         if what == "start":
             open_runs[(allocation, pid)] = at
         else:
@@ -114,6 +116,71 @@ def test_runner_cut_off_from_the_database_fences_itself(db, daemons, tmp_path, p
         events = query(daemons.db_url, "SELECT to_state FROM runtime_executor.allocation_events WHERE allocation_id = %(a)s ORDER BY id", {"a": task})
         assert [e[0] for e in events].count("lost") == 1  # rescued once
         _never_twice_at_once(read_records(record))
+    finally:
+        proxy.close()
+
+
+def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, daemons, tmp_path):
+    """Fencing completes before the database can declare the lease expired (issue 11, item 6).
+
+    A runner is cut off from the database while it runs a task that ignores SIGTERM for a minute
+    (only the runner's SIGKILL ends it). Airflow with retry_delay=0 queues the retry the moment the
+    row is lost: the test plays the scheduler and inserts the retry as soon as it sees ``lost``; a
+    healthy runner starts it at once. The old process must have been seen dead before the lease
+    expiry on the database clock (``runners.lease_expires_at``, the same host clock as the tasks'
+    own timestamps), and the retry must start after both."""
+    from urllib.parse import urlsplit
+
+    record = tmp_path / "record.txt"
+    parts = urlsplit(daemons.db_url)
+    proxy = TcpProxy(parts.hostname, parts.port)
+    try:
+        proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+        daemons.allocator(**FAST)
+        daemons.runner("--slots", "1", name="cut-off", RTX_DATABASE_URL=proxied, **FAST)
+        [old_runner] = wait_runners(daemons.db_url, 1)
+        [task] = insert_allocations(db, 1, workload={"sleep": 60, "term_grace": 60, "record": str(record)})
+        wait_states(daemons.db_url, [task], {"running"})
+        [pid] = wait_for(lambda: _pids_of(read_records(record), [task]), 20)
+        daemons.runner("--slots", "1", name="healthy", **FAST)
+        wait_runners(daemons.db_url, 2)
+        proxy.cut()
+        seen_dead = None
+        deadline = time.monotonic() + 20
+        while True:  # the scheduler's side: retry_delay=0, the retry is queued the moment it is lost
+            if seen_dead is None and not psutil.pid_exists(pid):
+                seen_dead = time.time()
+            [(state,)] = query(daemons.db_url, "SELECT state FROM runtime_executor.allocations WHERE id = %(a)s", {"a": task})
+            if state == "lost":
+                [retry] = insert_allocations(db, 1, workload={"record": str(record)})
+                break
+            assert time.monotonic() < deadline, "the cut-off runner's task was never rescued"
+            time.sleep(0.01)
+        if seen_dead is None:  # alive when the row was lost: how much longer (before the fix, ~5 s)
+            wait_for(lambda: not psutil.pid_exists(pid), 15, interval=0.01, what="the old task to die")
+            seen_dead = time.time()
+        assert wait_states(daemons.db_url, [retry], DONE) == {retry: "succeeded"}
+        [(lease_expired_at, lost_at)] = query(
+            daemons.db_url,
+            "SELECT extract(epoch FROM r.lease_expires_at)::float8, extract(epoch FROM e.at)::float8"
+            "  FROM runtime_executor.runners r, runtime_executor.allocation_events e"
+            " WHERE r.id = %(r)s AND e.allocation_id = %(a)s AND e.to_state = 'lost'",
+            {"r": old_runner, "a": task},
+        )
+        records = read_records(record)
+        old_runs = {what: at for what, allocation, _r, _p, at in records if allocation == task}
+        [retry_start] = [at for what, allocation, *_rest, at in records if allocation == retry and what == "start"]
+        print(
+            f"SIGTERM {lease_expired_at - old_runs['term']:.2f} s and death seen {lease_expired_at - seen_dead:.2f} s"
+            f" before the database's lease expiry; lost {lost_at - lease_expired_at:.2f} s after it;"
+            f" retry started {retry_start - seen_dead:.2f} s after the death"
+        )
+        assert "end" not in old_runs  # it ignored SIGTERM: the runner's SIGKILL ended it
+        assert seen_dead < lease_expired_at, (
+            f"the old process was alive {seen_dead - lease_expired_at:.2f} s past the database's lease expiry"
+        )
+        assert lease_expired_at <= lost_at < retry_start
+        _never_twice_at_once(records)
     finally:
         proxy.close()
 

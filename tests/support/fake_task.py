@@ -1,7 +1,9 @@
 """A task function for runner tests without Airflow (``RTX_TASK_ENTRY=tests.support.fake_task:run``).
 
 The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/file"}``
-(``env_dump`` / ``proc_env_dump``: write ``os.environ`` / ``/proc/self/environ`` there as JSON). Each start
+(``env_dump`` / ``proc_env_dump``: write ``os.environ`` / ``/proc/self/environ`` there as JSON;
+``"term_grace": 60``: on SIGTERM record ``term`` and carry on that long, as a task whose clean-up
+is slow, so that only the runner's SIGKILL stops it). Each start
 appends one line ``start <allocation> <runner> <pid> <unix time>`` (and ``end ...`` on a normal
 exit) to ``record``, so tests can prove every task ran once and never twice at the same time.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -27,6 +30,14 @@ def _record(path: str | None, what: str) -> None:
 
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     spec = json.loads(workload_json or "{}")
+    if spec.get("term_grace") is not None:
+        def on_term(_signum, _frame) -> None:
+            _record(spec.get("record"), "term")
+            time.sleep(float(spec["term_grace"]))
+            _record(spec.get("record"), "end")
+            sys.exit(143)
+
+        signal.signal(signal.SIGTERM, on_term)
     _record(spec.get("record"), "start")
     if spec.get("env_dump"):
         with open(spec["env_dump"], "w") as f:

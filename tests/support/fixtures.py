@@ -8,7 +8,9 @@ import pytest
 
 from runtime_executor.testing.daemons import Daemons, query, wait_for
 
-FAST = {"RTX_HEARTBEAT_INTERVAL": "0.5", "RTX_LEASE_TIMEOUT": "3", "RTX_DRAIN_TIMEOUT": "20"}
+# Short leases for tests. A runner needs lease_timeout > heartbeat_interval + kill_grace + 1 s (room to
+# fence before the database calls the lease expired), so the 3 s lease takes a 1 s kill grace.
+FAST = {"RTX_HEARTBEAT_INTERVAL": "0.5", "RTX_LEASE_TIMEOUT": "3", "RTX_KILL_GRACE": "1", "RTX_DRAIN_TIMEOUT": "20"}
 
 
 @pytest.fixture

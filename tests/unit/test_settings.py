@@ -6,12 +6,14 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from runtime_executor.settings import (
+    FENCE_MARGIN,
     ConfigError,
     Settings,
     airflow_database_url,
     load_settings,
     redact_url,
     to_libpq_url,
+    validate_fencing,
 )
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -352,3 +354,35 @@ def test_database_url_from_airflows_conn_cmd(monkeypatch, write_cfg):
     write_cfg("[database]\nsql_alchemy_conn_cmd = exit 3\n")
     with pytest.raises(ConfigError, match="exited with code 3"):
         airflow_database_url()
+
+
+@pytest.mark.parametrize(
+    ("lease", "heartbeat", "grace"),
+    [(20.0, 2.0, 5.0), (3.0, 0.5, 1.0), (8.01, 2.0, 5.0), (2.0, 0.5, 0.0)],
+)
+def test_a_lease_with_room_to_fence_is_accepted(lease, heartbeat, grace):
+    validate_fencing(load_settings(lease_timeout=lease, heartbeat_interval=heartbeat, kill_grace=grace))
+
+
+@pytest.mark.parametrize(
+    ("lease", "heartbeat", "grace"),
+    [(8.0, 2.0, 5.0), (5.0, 1.0, 5.0), (3.0, 0.5, 5.0), (3.0, 0.5, 1.5)],
+)
+def test_a_lease_without_room_to_fence_is_refused_naming_every_part(lease, heartbeat, grace):
+    """lease_timeout > heartbeat_interval + kill_grace + FENCE_MARGIN, or a cut-off runner's SIGKILL
+    could come after the database called its lease expired (issue 11, item 6)."""
+    settings = load_settings(lease_timeout=lease, heartbeat_interval=heartbeat, kill_grace=grace)
+    with pytest.raises(ConfigError) as info:
+        validate_fencing(settings)
+    message = str(info.value)
+    assert f"lease_timeout={lease:g}" in message and f"heartbeat_interval={heartbeat:g}" in message
+    assert f"kill_grace={grace:g}" in message and f"{FENCE_MARGIN:g} s margin" in message
+
+
+def test_the_default_settings_leave_room_to_fence():
+    validate_fencing(load_settings())
+
+
+def test_a_negative_kill_grace_is_refused():
+    with pytest.raises(ConfigError, match="kill_grace"):
+        validate_fencing(load_settings(kill_grace=-1.0))
