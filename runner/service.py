@@ -92,6 +92,9 @@ class Outcome:
     state: str
     exit_code: int | None
     reason: str | None
+    # The start failed before any of the task's code ran (no task process exists): the row goes back
+    # for placement (retry_start.sql) instead of failing, up to start_retries times.
+    start_failed: bool = False
 
 
 def describe_exit(
@@ -169,6 +172,9 @@ class Runner:
         self.metrics.set_capacity(capacity.slots, capacity.cpu, capacity.memory_mb)
         self.metrics.track_reserved(self.reserved)
         self.usage = UsageMonitor(self, settings, app)
+        # Test only (documented in docs/reliability.md): the first N launches raise OSError, a real
+        # start failure before any task code runs. Never set in production.
+        self._test_fail_launches = int(os.environ.get("RTX_TEST_FAIL_LAUNCHES") or 0)
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -343,7 +349,7 @@ class Runner:
             if allocation_id not in known:
                 log.error("allocation running here without a process; failing it", allocation_id=allocation_id)
                 self._outcomes.append(
-                    Outcome(allocation_id, self.runner_id, "failed", None, "the runner had no process for it")
+                    Outcome(allocation_id, self.runner_id, "failed", None, "the runner had no process for it", True)
                 )
         self._flush_outcomes()
 
@@ -356,11 +362,13 @@ class Runner:
         )
         env = {"RTX_ALLOCATION_ID": allocation_id, "RTX_RUNNER_ID": self.runner_id}
         try:
+            self._before_launch()
             process = self.spares.launch(self._task_entry, row["workload"], env, self.server_url, f"rtx task: {label}")
         except Exception as exc:  # noqa: BLE001 - a task that cannot start fails alone
+            # launch returns once the workload is handed over: an error before that ran no task code
             log.exception("could not start task process", allocation_id=allocation_id)
             self._outcomes.append(
-                Outcome(allocation_id, self.runner_id, "failed", None, f"could not start task process: {exc}")
+                Outcome(allocation_id, self.runner_id, "failed", None, f"could not start task process: {exc}", True)
             )
             self.work.wake()
             return None
@@ -383,14 +391,35 @@ class Runner:
         log.info("task started", allocation_id=allocation_id, runner_id=self.runner_id, task=label, pid=pid)
         return pid
 
+    def _before_launch(self) -> None:
+        """Refuse a launch that cannot be fenced in time or that a test asked to fail (OSError)."""
+        if time.monotonic() >= self.lease_valid_until - self._fence_lead():
+            raise OSError("the runner's lease ran out before the task could start (it cannot renew it)")
+        if self._test_fail_launches > 0:
+            self._test_fail_launches -= 1
+            raise OSError("launch refused by RTX_TEST_FAIL_LAUNCHES (test only)")
+
     def _flush_outcomes(self) -> None:
         while self._outcomes:
             outcome = self._outcomes[0]
             with self._work_db.statements() as gw:
-                state = gw.finish_allocation(
-                    outcome.allocation_id, outcome.runner_id, outcome.state, outcome.exit_code, outcome.reason
-                )
+                if outcome.start_failed:
+                    state = gw.retry_start(
+                        outcome.allocation_id, outcome.runner_id, outcome.reason or "", self.settings.start_retries
+                    )
+                else:
+                    state = gw.finish_allocation(
+                        outcome.allocation_id, outcome.runner_id, outcome.state, outcome.exit_code, outcome.reason
+                    )
             self._outcomes.popleft()
+            if state == "unassigned":
+                log.warning(
+                    "task start failed before it ran; put back for placement",
+                    allocation_id=outcome.allocation_id,
+                    runner_id=outcome.runner_id,
+                    reason=outcome.reason,
+                )
+                continue
             self.metrics.observe_completion(state or "lost")
             if state is None:
                 log.warning(

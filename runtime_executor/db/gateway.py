@@ -174,6 +174,14 @@ class Gateway:
         )
         return rows[0]["state"] if rows else None
 
+    def retry_start(self, allocation_id: str, runner_id: str, reason: str, retries: int) -> str | None:
+        """A start that failed before any task code ran: back to unassigned, or failed once ``retries``
+        re-placements are spent; None when the row is no longer this runner's to start."""
+        rows = self.fetch(
+            "retry_start", {"id": allocation_id, "runner_id": runner_id, "reason": reason, "retries": retries}
+        )
+        return rows[0]["state"] if rows else None
+
     def update_usage(
         self,
         ids: Sequence[str],

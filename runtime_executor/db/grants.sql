@@ -28,7 +28,7 @@ GRANT SELECT, DELETE ON {schema}.allocation_events TO "{prefix}_allocator";
 -- a runner: register and heartbeat itself, start/finish/release what it was assigned, record usage
 GRANT SELECT ON {schema}.allocations TO "{prefix}_runner";
 GRANT UPDATE (state, runner_id, assigned_at, started_at, finished_at, pid, process_started_at, exit_code,
-              reason, workload, cpu_percent, rss_mb, peak_rss_mb)
+              reason, workload, cpu_percent, rss_mb, peak_rss_mb, start_attempts, start_failures)
     ON {schema}.allocations TO "{prefix}_runner";
 GRANT SELECT, INSERT ON {schema}.runners TO "{prefix}_runner";
 GRANT UPDATE (state, stopped_at, heartbeat_at, lease_expires_at, host_cpu_percent, host_memory_used_mb)

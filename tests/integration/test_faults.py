@@ -293,19 +293,34 @@ def test_revoked_running_task_is_stopped(db, daemons, tmp_path):
         assert gw.report_outcomes(None) == []
 
 
-def test_a_running_row_without_a_process_is_failed(db, daemons):
+@pytest.mark.parametrize("start_retries", [3, 0])
+def test_a_running_row_without_a_process_is_placed_again_or_failed(db, daemons, tmp_path, start_retries):
     """Promise 9: a row 'running' on a live runner that has no process for it (the reply to its
-    start was lost with the connection) is failed within a lease period, not left running forever."""
-    daemons.allocator(**FAST)
-    daemons.runner(name="r1", **FAST)
+    start was lost with the connection) is not left running forever: within a lease period it goes
+    back for placement, since none of its code ran (a start retry, not an Airflow retry), and runs;
+    with no start retries left it fails, naming why."""
+    record = tmp_path / "record.txt"
+    daemons.runner(name="r1", RTX_START_RETRIES=str(start_retries), **FAST)
     [runner_id] = wait_runners(daemons.db_url, 1)
-    [orphan] = insert_allocations(db, 1, workload={}, queue="nobody-serves-this")
+    [orphan] = insert_allocations(db, 1, workload={"record": str(record)})  # no allocator yet
     with db.transaction() as gw:  # what the runner's lost start would have left behind
         gw.conn.execute(
             "UPDATE runtime_executor.allocations SET state = 'running', runner_id = %s,"
             " started_at = clock_timestamp() - interval '1 minute' WHERE id = %s",
             [runner_id, orphan],
         )
-    assert wait_states(daemons.db_url, [orphan], DONE, timeout=20) == {orphan: "failed"}
-    [(reason,)] = query(daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = %(a)s", {"a": orphan})
-    assert reason == "the runner had no process for it"
+    daemons.allocator(**FAST)
+    expected = "succeeded" if start_retries else "failed"
+    assert wait_states(daemons.db_url, [orphan], DONE, timeout=20) == {orphan: expected}
+    [(reason, failures)] = query(
+        daemons.db_url,
+        "SELECT reason, start_failures FROM runtime_executor.allocations WHERE id = %(a)s",
+        {"a": orphan},
+    )
+    assert failures == [f"attempt 1 (runner {runner_id}): the runner had no process for it"]
+    if start_retries:
+        assert reason is None
+        assert [r[1] for r in read_records(record) if r[0] == "start"] == [orphan]
+    else:
+        assert reason == f"the task never started (1 failed starts): {failures[0]}"
+        assert read_records(record) == []

@@ -386,3 +386,12 @@ def test_the_default_settings_leave_room_to_fence():
 def test_a_negative_kill_grace_is_refused():
     with pytest.raises(ConfigError, match="kill_grace"):
         validate_fencing(load_settings(kill_grace=-1.0))
+
+
+def test_start_retries_default_and_bounds(monkeypatch):
+    assert load_settings().start_retries == 3
+    monkeypatch.setenv("RTX_START_RETRIES", "0")
+    assert load_settings().start_retries == 0
+    monkeypatch.setenv("RTX_START_RETRIES", "-1")
+    with pytest.raises(ConfigError, match="start_retries"):
+        load_settings()
