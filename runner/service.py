@@ -104,8 +104,11 @@ def describe_exit(
     peak_rss_mb: int | None = None,
     memory_mb: int = 0,
     oom_killed: bool = False,
+    error: str | None = None,
 ) -> tuple[str, str | None]:
     """(state, reason) for a task process's exit code (negative = killed by that signal).
+
+    ``error`` is the last error line the task process left (``task_entry.take_error``), if any.
 
     A task the runner did not stop that died of SIGKILL with its peak memory at or over its
     reservation, or any failure while the kernel's OOM killer struck the runner's cgroup
@@ -118,6 +121,8 @@ def describe_exit(
         detail = f"task process killed by signal {signal.Signals(-code).name}"
     else:
         detail = f"task process exited with code {code}"
+    if error:
+        detail += f": {error}"
     if stop_reason is None:
         peak = f"peak memory {peak_rss_mb} MB" if peak_rss_mb is not None else ""
         if code == -signal.SIGKILL and memory_mb > 0 and peak_rss_mb is not None and peak_rss_mb >= memory_mb:
@@ -455,6 +460,7 @@ class Runner:
                 peak_rss_mb=handle.peak_rss_mb,
                 memory_mb=handle.memory_mb,
                 oom_killed=_oom_killed_since(handle, code),
+                error=task_entry.take_error(handle.allocation_id),
             )
             self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, code, reason))
             with self._tasks_lock:

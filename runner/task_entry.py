@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, MutableMapping
 
@@ -125,4 +126,39 @@ def run(entry: str, workload_json: str, env: dict[str, str], server: str | None,
     for name in PRIVATE_ENV:
         os.environ.pop(name, None)
     os.environ.update(env)
-    resolve(entry)(workload_json, env, server, proctitle)
+    try:
+        resolve(entry)(workload_json, env, server, proctitle)
+    except Exception as exc:
+        # e.g. an Airflow this runner cannot run: the runner puts this line in the failure reason
+        _record_error(env.get("RTX_ALLOCATION_ID"), exc)
+        raise
+
+
+def error_file(allocation_id: str) -> str:
+    """Where a task process that raised before (or instead of) Airflow's supervisor leaves its
+    last error line for the runner."""
+    return os.path.join(tempfile.gettempdir(), f"rtx-task-{allocation_id}.error")
+
+
+def _record_error(allocation_id: str | None, exc: BaseException) -> None:
+    if not allocation_id:
+        return
+    lines = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    with contextlib.suppress(OSError):
+        fd = os.open(error_file(allocation_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(line[:500])
+
+
+def take_error(allocation_id: str) -> str | None:
+    """The runner's side: the error line a task process left (removed once read), if any."""
+    path = error_file(allocation_id)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            line = f.read(500).strip()
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return line or None

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from airflow.executors.base_executor import BaseExecutor
-from airflow.executors.workloads import ExecutorWorkload
-from pydantic import TypeAdapter
+from runtime_executor.airflow_compat import WORKLOAD_ADAPTER, run_workload
 
-_WORKLOAD = TypeAdapter(ExecutorWorkload)
+_WORKLOAD = WORKLOAD_ADAPTER  # the workload union of the installed Airflow (3.1 to 3.3)
 
 
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     workload = _WORKLOAD.validate_json(workload_json)
-    code = BaseExecutor.run_workload(workload, server=server, proctitle=proctitle)
+    code = run_workload(workload, server=server, proctitle=proctitle)
     sys.exit(code or 0)

@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from airflow.configuration import conf
-from airflow.executors import workloads
 from airflow.executors.base_executor import BaseExecutor
-from airflow.models.callback import CallbackKey
 from airflow.models.taskinstancekey import TaskInstanceKey
 
+from runtime_executor import airflow_compat as compat
 from runtime_executor.db.connection import Database, DatabaseUnavailable, connect
 from runtime_executor.db.gateway import Gateway
 from runtime_executor.db.migrate import SchemaMismatch, check_schema
@@ -148,6 +147,9 @@ class RuntimeExecutor(BaseExecutor):
 
     def start(self) -> None:
         """Health check: fail loudly (and clearly) when rtx's database or schema is not usable."""
+        problem = compat.version_problem()
+        if problem:
+            raise RuntimeError(f"RuntimeExecutor cannot start: {problem}")
         settings = self.settings
         try:
             conn = connect(settings, "rtx-executor-start")
@@ -184,9 +186,9 @@ class RuntimeExecutor(BaseExecutor):
 
     # -- queueing ---------------------------------------------------------------------------------
     def queue_workload(self, workload: Any, session: Session) -> None:
-        if isinstance(workload, workloads.ExecuteTask):
+        if compat.is_task(workload):
             self._queue_task(workload, session)
-        elif isinstance(workload, workloads.ExecuteCallback):
+        elif compat.is_callback(workload):
             self._queue_callback(workload, session)
         else:
             super().queue_workload(workload, session)
@@ -196,7 +198,7 @@ class RuntimeExecutor(BaseExecutor):
         ``queued_callbacks``: only workloads queue_workload could not write while rtx's database was
         unreachable. Write them now; if it still cannot be reached they wait for the next heartbeat."""
         for workload in workloads_:
-            key = workload.ti.key if isinstance(workload, workloads.ExecuteTask) else workload.key
+            key = compat.workload_key(workload)
             row = self._held_rows.get(key)
             if row is None:  # not one of ours (never happens): do not keep it forever
                 self.log.error("RuntimeExecutor: no allocation row for queued workload %s; dropped", key)
@@ -209,7 +211,8 @@ class RuntimeExecutor(BaseExecutor):
     def _queue_task(self, workload: Any, session: Session) -> None:
         ti = workload.ti
         key = ti.key
-        allocation_id = str(ti.external_executor_id or uuid.uuid4())
+        # pre-assigned by the scheduler (3.2+); 3.1's workload has no such field
+        allocation_id = str(getattr(ti, "external_executor_id", None) or uuid.uuid4())
         state, reason = "unassigned", None
         try:
             request = request_from_task(ti.executor_config, self._airflow_resources(ti))
@@ -254,7 +257,7 @@ class RuntimeExecutor(BaseExecutor):
         )
 
     def _queue_callback(self, workload: Any, session: Session) -> None:
-        key = workload.key
+        key = compat.workload_key(workload)
         allocation_id = str(uuid.uuid4())
         self._submit(
             session,
@@ -290,7 +293,7 @@ class RuntimeExecutor(BaseExecutor):
         # sees it, and revoke_task drops it) and _process_workloads writes it when it can.
         if not self._try_insert(key, row):
             self._held_rows[key] = row
-            if isinstance(workload, workloads.ExecuteCallback):
+            if compat.is_callback(workload):
                 self.queued_callbacks[key] = workload
             else:
                 self.queued_tasks[key] = workload
@@ -315,6 +318,8 @@ class RuntimeExecutor(BaseExecutor):
     def _track(self, key: Any, allocation_id: str) -> None:
         self.running.add(key)
         self._allocation_ids[key] = allocation_id
+        if isinstance(key, TaskInstanceKey):
+            compat.announce_external_id(self, key, allocation_id)
 
     def _unqueue(self, key: Any) -> None:
         self.queued_tasks.pop(key, None)
@@ -329,13 +334,12 @@ class RuntimeExecutor(BaseExecutor):
         if cache_key not in self._dag_resources:
             resources = None
             try:
-                from airflow.models.dagbag import DBDagBag
                 from airflow.utils.session import create_session
 
                 # Its own session: a failed lookup must not abort the scheduler's transaction, and
                 # the scheduler forbids commits (even of a savepoint) on its own session here.
                 with create_session(scoped=False) as own_session:
-                    dag = DBDagBag().get_dag(ti.dag_version_id, session=own_session)
+                    dag = compat.dag_of_version(ti.dag_version_id, own_session)
                     if dag is not None and dag.has_task(ti.task_id):
                         resources = getattr(dag.get_task(ti.task_id), "resources", None)
             except Exception:  # noqa: BLE001 - resources are optional; never fail queueing over them
@@ -504,7 +508,7 @@ class RuntimeExecutor(BaseExecutor):
 
 def _key_of(row: dict) -> Any:
     if row["kind"] == "callback":
-        return CallbackKey(id=row["callback_id"])
+        return compat.callback_key(row["callback_id"])
     return TaskInstanceKey(
         dag_id=row["dag_id"],
         task_id=row["task_id"],

@@ -250,7 +250,9 @@ class ExecutorStats:
 
     def completions(self, rows: Iterable[Mapping[str, Any]]) -> None:
         try:
-            from airflow.observability.stats import Stats
+            from runtime_executor.airflow_compat import airflow_stats
+
+            Stats = airflow_stats()
 
             for row in rows:
                 if row["state"] in ("succeeded", "failed", "lost"):
@@ -267,7 +269,9 @@ class ExecutorStats:
 
     def gauges(self, row: Mapping[str, Any]) -> None:
         try:
-            from airflow.observability.stats import Stats
+            from runtime_executor.airflow_compat import airflow_stats
+
+            Stats = airflow_stats()
 
             Stats.gauge("rtx.active_runners", int(row["runners"]))
             Stats.gauge("rtx.open_slots", int(row["open_slots"]))

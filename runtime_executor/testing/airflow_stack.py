@@ -183,11 +183,18 @@ class AirflowStack:
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})
-        if not self.all_admins:
+        if not self.all_admins or self._token is not None:
             if self._token is None:
                 self._token = self.token()
             headers.setdefault("Authorization", f"Bearer {self._token}")
-        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+        response = httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+        if response.status_code == 401 and self.all_admins and self._token is None:
+            # Airflow 3.1 wants a token even when everyone is admin, and hands one out without credentials
+            token = httpx.get(f"{self.base_url}/auth/token", timeout=10)
+            token.raise_for_status()
+            self._token = token.json()["access_token"]
+            return self.api(method, path, headers=headers, **kwargs)
+        return response
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
