@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install test lint unit integration e2e bench bench-pickup bench-placement soak demo demo-stop clean
+.PHONY: install test test-compat lint unit integration e2e bench bench-pickup bench-placement soak demo demo-stop clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'
 	touch $@
+
+# each supported Airflow (3.1, 3.2, 3.3) in a venv of its own under .compat/: see .ci/test-compat
+test-compat: install
+	.ci/test-compat
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -50,4 +54,4 @@ demo-stop:
 	@if [ -x $(PY) ]; then $(PY) -m deploy.demo stop; else echo "no $(VENV): no demo to stop"; fi
 
 clean: demo-stop
-	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .compat .demo .pytest_cache .ruff_cache .hypothesis

@@ -292,7 +292,11 @@ def test_plugin_import_is_cheap_links_follow_a_sub_path_errors_stay_vague(env):
         import json, sys
         from airflow import plugins_manager as pm
         pm.ensure_plugins_loaded()
-        views, _ = pm._get_ui_plugins()
+        if hasattr(pm, "_get_ui_plugins"):  # 3.2, 3.3
+            views, _ = pm._get_ui_plugins()
+        else:  # 3.1 keeps them in module globals
+            pm.initialize_ui_plugins()
+            views = pm.external_views
         loaded = sorted(m for m in sys.modules if m.startswith("runtime_executor.plugin"))
         from runtime_executor.plugin import base_url_path
         from runtime_executor.plugin.app import public_error, ui_path
