@@ -40,7 +40,7 @@ ExecuteTask, ExecuteCallback, CallbackKey = compat.ExecuteTask, compat.ExecuteCa
 CallbackState = getattr(airflow_state, "CallbackState", None)  # 3.2+
 
 # Built as 3.2 and 3.3 build them (callbacks, an executor id the scheduler pre-assigned). On 3.1, which
-# has neither, tests/unit/test_airflow_compat.py and the e2e core path cover the shim.
+# has neither, test_executor_compat.py and the e2e core path cover the shim.
 pytestmark = pytest.mark.skipif(
     not (compat.HAS_CALLBACKS and compat.PRE_ASSIGNS_EXTERNAL_ID),
     reason=f"Airflow {compat.AIRFLOW_VERSION} has no callback workloads and no pre-assigned executor ids",
