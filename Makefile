@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install test test-compat lint unit integration e2e bench bench-pickup bench-placement soak demo demo-stop clean
+.PHONY: install test test-compat lint unit integration e2e bench bench-pickup bench-placement bench-airflow soak demo demo-stop clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ bench-pickup: install
 
 bench-placement: install
 	$(PY) -m bench.placement
+
+# rtx against LocalExecutor and CeleryExecutor on real Airflow (~25 min; not part of make test)
+bench-airflow: install
+	$(PIP) install -q -e '.[bench]'
+	$(PY) -m bench.airflow $(BENCH_AIRFLOW_ARGS)
 
 soak: install
 	$(PY) -m pytest -q -s tests/soak

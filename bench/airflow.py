@@ -1,0 +1,537 @@
+"""rtx against LocalExecutor (and CeleryExecutor) on real Airflow: what a user feels.
+
+    make bench-airflow                       # or: python -m bench.airflow --runs 2
+    python -m bench.airflow --executors local,rtx --workloads fanout_64 --runs 1
+
+Every round deploys each executor afresh (a new database and AIRFLOW_HOME; api-server, scheduler and
+dag-processor; for rtx one allocator and two runners of 16 slots; for Celery a Redis broker and one
+worker of ``--parallelism`` processes) and runs the same DAGs (``bench/airflow_dags``) one after
+the other. Rounds interleave the executors, so a noisy moment of a shared machine hits them alike;
+the table gives min/median/max over rounds and the ratio rtx/Local (and Celery/Local) pair by
+pair, round by round.
+
+Per DAG run it records, from Airflow's own ``task_instance`` and ``dag_run`` rows:
+
+* makespan (dag run start -> end), scheduled -> queued and queued -> start percentiles, the task run
+  time (Airflow's start -> end of the task) and, for the chain, the overhead per task (makespan
+  less the tasks' own run time, over the number of tasks);
+
+and from the processes (psutil, whole process trees, reaped children included):
+
+* CPU-seconds of each component and of the task side (everything the executor starts for tasks:
+  LocalExecutor's workers, rtx's runners' children, Celery's pool), per task;
+* the api-server's request count and latency (a timing middleware, ``bench/api_timing_plugin.py``);
+* during the sleepers, the PSS of the task side divided by the number of running tasks;
+* after the workloads, an idle rtx runner's RSS and CPU.
+
+Results go to ``--out`` (JSON lines, one per DAG run) and the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import psycopg
+
+from bench.common import DEFAULT_ADMIN_URL, percentile
+from runtime_executor.testing.airflow_stack import AirflowStack
+from runtime_executor.testing.pgcluster import (
+    PgCluster,
+    create_database,
+    drop_database,
+    free_port,
+    server_answers,
+)
+
+HERE = Path(__file__).resolve().parent
+DAGS = HERE / "airflow_dags"
+WORKLOADS = {
+    "fanout_64": "bench_fanout_64",
+    "fanout_256": "bench_fanout_256",
+    "chain_20": "bench_chain_20",
+    "sleep_32": "bench_sleep_32",
+    "mixed": "bench_mixed",
+}
+EXECUTORS = {
+    "local": "LocalExecutor",
+    "rtx": "runtime_executor.RuntimeExecutor",
+    "celery": "CeleryExecutor",
+}
+RUNNER_ARGS = ("--slots", "16", "--cpu", "4", "--memory", "8192")
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def _tree_cpu(root: psutil.Process) -> tuple[float, float]:
+    """(root's own CPU-seconds, CPU-seconds of everything under it, reaped children included)."""
+    try:
+        t = root.cpu_times()
+        own = t.user + t.system
+        under = t.children_user + t.children_system
+        kids = root.children(recursive=True)
+    except psutil.Error:
+        return 0.0, 0.0
+    for kid in kids:
+        with contextlib.suppress(psutil.Error):
+            k = kid.cpu_times()
+            under += k.user + k.system + k.children_user + k.children_system
+    return own, under
+
+
+def _pss_mb(proc: psutil.Process) -> float:
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _busy(before, after) -> float:
+    """Share of the host's CPU time that was busy between two psutil.cpu_times() readings."""
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    total = sum(after) - sum(before)
+    return 100.0 * (1 - idle / total) if total > 0 else 0.0
+
+
+@dataclass
+class Component:
+    name: str
+    proc: subprocess.Popen
+    task_side: bool = False  # its descendants are the executor's task processes
+
+
+@dataclass
+class Deployment:
+    executor: str
+    parallelism: int
+    admin_url: str
+    work: Path
+    components: list[Component] = field(default_factory=list)
+    _extra: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.db_name = f"rtx_bench_af_{uuid.uuid4().hex[:8]}"
+        create_database(self.admin_url, self.db_name)
+        db_url = urlsplit(self.admin_url)._replace(path=f"/{self.db_name}").geturl()
+        self.db_url = db_url
+        home = self.work / f"{self.executor}-{self.db_name}"
+        (home / "plugins").mkdir(parents=True)
+        shutil.copy(HERE / "api_timing_plugin.py", home / "plugins")
+        self.api_log = home / "api-requests"
+        extra = {
+            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "RTX_BENCH_API_LOG": str(self.api_log),
+        }
+        if self.executor == "celery":
+            redis_port = free_port()
+            self._extra.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(redis_port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            extra["AIRFLOW__CELERY__BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            extra["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + db_url.replace(
+                "postgresql://", "postgresql+psycopg://"
+            )
+            extra["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(self.parallelism)
+        self.stack = AirflowStack(
+            home,
+            db_url,
+            port=free_port(),
+            dags_folder=DAGS,
+            executor=EXECUTORS[self.executor],
+            extra_env=extra,
+        )
+        self.stack.prepare()
+        self.stack.start()
+        for name, proc in self.stack.procs.items():
+            self.components.append(
+                Component(name, proc, task_side=(name == "scheduler" and self.executor == "local"))
+            )
+        if self.executor == "rtx":
+            self._daemon("allocator", [sys.executable, "-m", "allocator", "serve"])
+            for i in (1, 2):
+                self._daemon(
+                    f"runner-{i}",
+                    [sys.executable, "-m", "runner", "serve", "--name", f"runner-{i}", *RUNNER_ARGS],
+                    True,
+                )
+        elif self.executor == "celery":
+            self._daemon(
+                "celery-worker", [str(Path(sys.executable).parent / "airflow"), "celery", "worker"], True
+            )
+        if self.executor == "rtx":
+            # a runner registers once its fork server is warm: as in production, where runners
+            # are up long before the DAG runs
+            deadline = time.monotonic() + 120
+            while self.sql("select count(*) from runtime_executor.runners where state = 'active'")[0][0] < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("rtx runners did not register in 120 s")
+                time.sleep(0.5)
+        for dag_id in WORKLOADS.values():
+            self.stack.wait_for_dag(dag_id, timeout=180)
+            self.stack.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def _daemon(self, name: str, argv: list[str], task_side: bool = False) -> None:
+        log = open(self.stack.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        proc = subprocess.Popen(
+            argv, env=self.stack.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.components.append(Component(name, proc, task_side))
+
+    def stop(self) -> None:
+        for comp in reversed(self.components):
+            if comp.name not in self.stack.procs and comp.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(comp.proc.pid, signal.SIGTERM)
+                try:
+                    comp.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(comp.proc.pid, signal.SIGKILL)
+                    comp.proc.wait(10)
+        self.stack.stop()
+        for proc in self._extra:
+            proc.terminate()
+            proc.wait(10)
+        with contextlib.suppress(Exception):
+            drop_database(self.admin_url, self.db_name)
+
+    # -- measuring -----------------------------------------------------------------------------
+    def cpu(self) -> dict[str, float]:
+        out: dict[str, float] = {"postgres": self._postgres_cpu()}
+        for comp in self.components:
+            own, under = _tree_cpu(psutil.Process(comp.proc.pid))
+            if comp.task_side:
+                key = comp.name.split("-")[0] if comp.name.startswith("runner") else comp.name
+                out[key] = out.get(key, 0.0) + own
+                out["tasks"] = out.get("tasks", 0.0) + under
+            else:
+                out[comp.name] = out.get(comp.name, 0.0) + own + under
+        return out
+
+    def _postgres_cpu(self) -> float:
+        """CPU-seconds of the Postgres backends serving this deployment's database (those alive now)."""
+        total = 0.0
+        for (pid,) in self.sql("select pid from pg_stat_activity where datname = current_database()"):
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+        return total
+
+    def task_side_pss_mb(self) -> float:
+        total = 0.0
+        for comp in self.components:
+            if comp.task_side:
+                with contextlib.suppress(psutil.Error):
+                    for kid in psutil.Process(comp.proc.pid).children(recursive=True):
+                        if "serve-logs" in " ".join(kid.cmdline()) or "serve_logs" in kid.name():
+                            continue
+                        total += _pss_mb(kid)
+        return total
+
+    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def run(self, workload: str, timeout: float = 900) -> dict:
+        dag_id = WORKLOADS[workload]
+        cpu_before = self.cpu()
+        host_before = psutil.cpu_times()
+        wall_before = time.time()
+        run_id = self.stack.trigger(dag_id)
+        peak = (0, 0.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            (state,) = self.sql("select state from dag_run where dag_id=%s and run_id=%s", (dag_id, run_id))[
+                0
+            ]
+            if state in ("success", "failed"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.executor}: {dag_id} still {state} after {timeout}s")
+            if workload == "sleep_32":
+                (running,) = self.sql(
+                    "select count(*) from task_instance where dag_id=%s and run_id=%s and state='running'",
+                    (dag_id, run_id),
+                )[0]
+                if running >= peak[0]:
+                    peak = (running, self.task_side_pss_mb())
+            time.sleep(0.25)
+        wall_after = time.time()
+        host_after = psutil.cpu_times()
+        cpu_after = self.cpu()
+        tis = self.sql(
+            "select extract(epoch from queued_dttm - scheduled_dttm), extract(epoch from start_date - queued_dttm),"
+            " extract(epoch from end_date - start_date), state from task_instance where dag_id=%s and run_id=%s",
+            (dag_id, run_id),
+        )
+        (makespan,) = self.sql(
+            "select extract(epoch from end_date - start_date) from dag_run where dag_id=%s and run_id=%s",
+            (dag_id, run_id),
+        )[0]
+        n = len(tis)
+        cpu = {k: round(cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0), 2) for k in cpu_after}
+        api = self._api_requests(wall_before, wall_after)
+
+        def pct(values: list, p: float) -> float | None:
+            vals = [float(v) for v in values if v is not None]
+            return round(percentile(vals, p), 3) if vals else None
+
+        run_times = [float(t[2]) for t in tis if t[2] is not None]
+        result = {
+            "executor": self.executor,
+            "workload": workload,
+            "state": state,
+            "tasks": n,
+            "succeeded": sum(1 for t in tis if t[3] == "success"),
+            "makespan_s": round(float(makespan), 3),
+            "sched_to_queued_p50": pct([t[0] for t in tis], 50),
+            "sched_to_queued_p95": pct([t[0] for t in tis], 95),
+            "queued_to_start_p50": pct([t[1] for t in tis], 50),
+            "queued_to_start_p95": pct([t[1] for t in tis], 95),
+            "run_p50": pct(run_times, 50),
+            "run_p95": pct(run_times, 95),
+            "overhead_per_task_s": round((float(makespan) - sum(run_times)) / n, 3)
+            if workload.startswith("chain")
+            else None,
+            "cpu_s": cpu,
+            "cpu_s_total": round(sum(cpu.values()), 2),
+            "host_busy_percent": round(_busy(host_before, host_after), 1),
+            "task_side_cpu_s_per_task": round(cpu.get("tasks", 0.0) / n, 3) if n else None,
+            "all_cpu_s_per_task": round(sum(cpu.values()) / n, 3) if n else None,
+            **api,
+        }
+        if workload == "sleep_32" and peak[0]:
+            result["running_peak"] = peak[0]
+            result["pss_mb_per_running_task"] = round(peak[1] / peak[0], 1)
+        return result
+
+    def _api_requests(self, start: float, end: float) -> dict:
+        durations: list[float] = []
+        errors = 0
+        for path in self.api_log.parent.glob(self.api_log.name + ".*"):
+            for line in path.read_text().splitlines():
+                t, d, status, _ = (line.split(" ", 3) + [""])[:4]
+                if start <= float(t) <= end:
+                    durations.append(float(d))
+                    errors += not status.startswith(("2", "3"))
+        if not durations:
+            return {"api_requests": 0}
+        return {
+            "api_requests": len(durations),
+            "api_errors": errors,
+            "api_mean_ms": round(statistics.mean(durations) * 1000, 1),
+            "api_p95_ms": round(percentile(durations, 95) * 1000, 1),
+        }
+
+    def runner_idle(self, seconds: float = 10.0) -> dict:
+        runners = [c for c in self.components if c.name.startswith("runner")]
+        if not runners:
+            return {}
+        time.sleep(5)  # let the last outcomes and usage samples settle
+        procs = [psutil.Process(c.proc.pid) for c in runners]
+        before = [p.cpu_times() for p in procs]
+        time.sleep(seconds)
+        after = [p.cpu_times() for p in procs]
+        cpu = [
+            ((a.user + a.system) - (b.user + b.system)) / seconds * 100
+            for a, b in zip(after, before, strict=True)
+        ]
+        return {
+            "executor": self.executor,
+            "workload": "runner_idle",
+            "runner_rss_mb": round(max(p.memory_info().rss for p in procs) / 2**20, 1),
+            "runner_pss_mb": round(max(_pss_mb(p) for p in procs), 1),
+            "runner_tree_pss_mb": round(
+                max(_pss_mb(p) + sum(_pss_mb(k) for k in p.children(recursive=True)) for p in procs), 1
+            ),
+            "runner_cpu_percent": round(max(cpu), 2),
+        }
+
+
+# -- report --------------------------------------------------------------------------------------
+
+ROWS = [
+    ("makespan_s", "makespan (s)"),
+    ("sched_to_queued_p50", "scheduled -> queued p50 (s)"),
+    ("queued_to_start_p50", "queued -> start p50 (s)"),
+    ("queued_to_start_p95", "queued -> start p95 (s)"),
+    ("run_p50", "task run p50 (s)"),
+    ("overhead_per_task_s", "overhead per task (s)"),
+    ("task_side_cpu_s_per_task", "task-side CPU-s per task"),
+    ("all_cpu_s_per_task", "all CPU-s per task"),
+    ("api_requests", "api requests"),
+    ("api_mean_ms", "api mean latency (ms)"),
+    ("host_busy_percent", "host CPU busy (%)"),
+    ("pss_mb_per_running_task", "PSS per running task (MB)"),
+]
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    values = sorted(values)
+    med = statistics.median(values)
+    return f"{med:.3g}" if len(values) == 1 else f"{med:.3g} ({values[0]:.3g}-{values[-1]:.3g})"
+
+
+def table(results: list[dict], executors: list[str]) -> str:
+    others = [e for e in executors if e != "local"]
+    head = ["workload", "metric", *executors, *(f"{e}/local" for e in others if "local" in executors)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in results)]
+    for w in workloads:
+        for key, label in ROWS:
+            by_exec = {
+                e: [r for r in results if r["workload"] == w and r["executor"] == e] for e in executors
+            }
+            cells = {e: [r[key] for r in rs if r.get(key) is not None] for e, rs in by_exec.items()}
+            if not any(cells.values()):
+                continue
+            row = [w, label, *(_fmt(cells[e]) for e in executors)]
+            if "local" in executors:
+                for e in others:
+                    pairs = [
+                        a.get(key) / b.get(key)
+                        for a, b in zip(by_exec[e], by_exec["local"], strict=False)
+                        if a.get(key) is not None and b.get(key)
+                    ]
+                    row.append(_fmt(pairs))
+            lines.append("| " + " | ".join(row) + " |")
+    for r in results:
+        if r["workload"] == "runner_idle":
+            lines.append(
+                f"\nidle runner ({r['executor']}): RSS {r['runner_rss_mb']} MB, PSS {r['runner_pss_mb']} MB "
+                f"(with its fork server and spares {r['runner_tree_pss_mb']} MB), CPU {r['runner_cpu_percent']} % of a core"
+            )
+    cpu_rows = [r for r in results if "cpu_s" in r]
+    if cpu_rows:
+        lines.append("\nCPU-seconds by component (median over rounds):")
+        for w in workloads:
+            for e in executors:
+                rs = [r["cpu_s"] for r in cpu_rows if r["workload"] == w and r["executor"] == e]
+                if rs:
+                    keys = sorted({k for c in rs for k in c})
+                    parts = ", ".join(f"{k} {statistics.median(c.get(k, 0.0) for c in rs):.1f}" for k in keys)
+                    lines.append(f"- {w} / {e}: {parts}")
+    return "\n".join(lines)
+
+
+def celery_available() -> str | None:
+    """None when CeleryExecutor can run here, else why not."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (apt-get install redis-server)"
+    try:
+        import airflow.providers.celery  # noqa: F401
+    except ImportError:
+        return "apache-airflow-providers-celery is not installed (pip install '.[bench]')"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--executors", default="local,rtx,celery")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--parallelism", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("bench-airflow-results.jsonl"))
+    parser.add_argument("--keep", action="store_true", help="keep the deployments' folders (logs) for a look")
+    args = parser.parse_args()
+    executors = [e for e in args.executors.split(",") if e]
+    workloads = [w for w in args.workloads.split(",") if w]
+    if unknown := set(executors) - set(EXECUTORS) or set(workloads) - set(WORKLOADS):
+        parser.error(f"unknown: {sorted(unknown)}")
+    if "celery" in executors and (why := celery_available()):
+        print(f"CeleryExecutor not run: {why}", flush=True)
+        executors.remove("celery")
+
+    # SIGTERM (a killed make, a CI timeout) unwinds like Ctrl-C, so every deployment is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    admin = os.environ.get("RTX_BENCH_PG_URL", DEFAULT_ADMIN_URL)
+    work = Path(tempfile.mkdtemp(prefix="rtx-bench-airflow-"))
+    cluster = None
+    if not server_answers(admin):
+        cluster = PgCluster(work / "pg").start()
+        admin = cluster.admin_url
+    results: list[dict] = []
+    try:
+        with args.out.open("a") as out:
+            for round_no in range(1, args.runs + 1):
+                for executor in executors:
+                    dep = Deployment(executor, args.parallelism, admin, work)
+                    try:
+                        t0 = time.monotonic()
+                        dep.start()
+                        print(
+                            f"round {round_no} {executor}: deployed in {time.monotonic() - t0:.0f}s",
+                            flush=True,
+                        )
+                        for workload in workloads:
+                            result = dep.run(workload)
+                            result["round"] = round_no
+                            results.append(result)
+                            out.write(json.dumps(result) + "\n")
+                            out.flush()
+                            print(
+                                f"  {workload}: {result['state']} {result['succeeded']}/{result['tasks']} "
+                                f"makespan {result['makespan_s']}s queued->start p50 {result['queued_to_start_p50']}s "
+                                f"run p50 {result['run_p50']}s cpu {result['cpu_s']}",
+                                flush=True,
+                            )
+                        if executor == "rtx":
+                            idle = dep.runner_idle()
+                            idle["round"] = round_no
+                            results.append(idle)
+                            out.write(json.dumps(idle) + "\n")
+                    finally:
+                        dep.stop()
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+        if args.keep:
+            print(f"deployments kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(
+        f"python -m bench.airflow --executors {','.join(executors)} --workloads {','.join(workloads)} --runs {args.runs}"
+    )
+    print(table(results, executors))
+
+
+if __name__ == "__main__":
+    main()

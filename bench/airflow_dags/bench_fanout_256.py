@@ -1,0 +1,8 @@
+"""256 independent no-op tasks."""
+
+from _bench import COMMON, noop
+from airflow.sdk import DAG
+
+with DAG("bench_fanout_256", **COMMON):
+    for i in range(256):
+        noop.override(task_id=f"t{i:03d}")()
