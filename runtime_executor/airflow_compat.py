@@ -23,6 +23,7 @@ those changes belong here.
 from __future__ import annotations
 
 import inspect
+import uuid
 from typing import Any
 
 import airflow
@@ -101,7 +102,7 @@ def dag_of_version(dag_version_id: Any, session: Any) -> Any:
 
     bag = DBDagBag()
     getter = getattr(bag, "get_dag", None) or bag._get_dag
-    return getter(dag_version_id, session=session)  # a UUID: get_dag reads its .hex
+    return getter(uuid.UUID(str(dag_version_id)), session=session)  # the column type wants a UUID (.hex)
 
 
 # -- the task process ---------------------------------------------------------------------------------

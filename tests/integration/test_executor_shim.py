@@ -317,6 +317,31 @@ def test_failed_resources_lookup_does_not_poison_the_schedulers_transaction(
     assert (row["slots"], row["cpu"], row["memory_mb"]) == (1, 0.0, 0)
 
 
+def test_airflow_resources_are_read_once_per_dag_version(make_executor, engine, rtx_db, rtx, monkeypatch):
+    """A wide DAG must not cost the scheduler one DAG deserialization per task (O(tasks²) a run).
+
+    This test's Airflow database has no DAGs, so the lookup answers "no such version" (as Airflow's
+    would for a DAG without resources=); the real lookup runs in the e2e core path's resources= task."""
+    import runtime_executor.executor as executor_module
+
+    reads: list[str] = []
+
+    def counted(dag_version_id, session):
+        reads.append(str(dag_version_id))
+        return None
+
+    monkeypatch.setattr(executor_module.compat, "dag_of_version", counted)
+    executor = make_executor()
+    workloads = [task_workload(task_id=f"t{i}", executor_config=None) for i in range(5)]
+    for workload in workloads[1:]:
+        workload.ti.dag_version_id = workloads[0].ti.dag_version_id
+    other_version = task_workload(task_id="t0", executor_config=None)
+    for workload in [*workloads, other_version]:
+        queue_in_session(executor, engine, workload)
+    assert reads == [str(workloads[0].ti.dag_version_id), str(other_version.ti.dag_version_id)]
+    assert all(rtx.allocation(w.ti.external_executor_id)["slots"] == 1 for w in [*workloads, other_version])
+
+
 # -- sync(): every state once ----------------------------------------------------------------------
 
 
