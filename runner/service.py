@@ -315,12 +315,18 @@ class Runner:
         return self.settings.kill_grace + FENCE_MARGIN
 
     def work_tick(self) -> bool:
+        # Outcomes first, and again between starts: an outcome frees a slot in Airflow (the
+        # scheduler queues the next task only once it is reported), so a burst of starts (each
+        # may fork a process) must not hold it back.
+        self._flush_outcomes()
         if self.can_start():
             with self._work_db.statements() as gw:
                 rows = gw.start_assigned(self.runner_id)
             started_rows = time.monotonic()
             pids = {}
             for row in rows:
+                if self._outcomes:
+                    self._flush_outcomes()
                 pid = self._spawn(row)
                 if pid is not None:
                     pids[str(row["id"])] = pid
@@ -540,7 +546,7 @@ def _signal_group(pid: int | None, sig: signal.Signals) -> None:
         task_entry.kill_tree(pid, sig)
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # the task process leads its own group (setsid in the child)
+        os.killpg(pid, sig)  # the task process leads its own group (setpgid in the child)
 
 
 def _version() -> str:

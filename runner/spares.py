@@ -23,18 +23,20 @@ from runner import task_entry
 
 log = structlog.get_logger("rtx.runner")
 
-# multiprocessing is not thread-safe here: Process.start() polls every live child (its _cleanup),
-# and a child's exit code is read once from the fork server's pipe. Two threads polling the same
-# child at once make one of them read EOF and report exit code 255. Every start and every exit-code
-# read of the runner's task processes holds this lock.
+# multiprocessing is not thread-safe here: Process.start() polls every live child it knows (its
+# _cleanup), and a child's exit code is read once from the fork server's pipe. Two threads polling
+# the same child at once make one of them read EOF and report exit code 255. So every start holds
+# PROCESS_LOCK, and each task process is taken off multiprocessing's list of children as soon as it
+# has started: its exit code is then read by one thread only (the reaper, or launch() for a spare),
+# which never waits for a start. (Waiting for starts starved the reaper during a burst: outcomes,
+# and so Airflow's free slots, came seconds late; measured in docs/performance.md.)
 PROCESS_LOCK = threading.Lock()
 
 
 def exit_code(process: multiprocessing.process.BaseProcess) -> int | None:
-    """The exit code of a task process that has exited (safe against concurrent starts)."""
-    with PROCESS_LOCK:
-        process.join(0)
-        return process.exitcode
+    """The exit code of a task process that has exited, else None (never waits)."""
+    process.join(0)
+    return process.exitcode
 
 
 @dataclass
@@ -67,6 +69,7 @@ class SparePool:
         process = self._ctx.Process(target=task_entry.wait_and_run, args=(parent_conn, self._runner_alive_r), name="rtx-task-spare")
         with PROCESS_LOCK:
             process.start()
+            multiprocessing.process._children.discard(process)  # see PROCESS_LOCK
         parent_conn.close()  # the child's end; only the child reads it
         return Spare(process, child_conn)
 
