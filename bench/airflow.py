@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -335,6 +336,28 @@ class Deployment:
             "all_cpu_s_per_task": round(sum(cpu.values()) / n, 3) if n else None,
             **api,
         }
+        starts = sorted(
+            float(t[0])
+            for t in self.sql(
+                "select extract(epoch from start_date) from task_instance where dag_id=%s and run_id=%s"
+                " and start_date is not null",
+                (dag_id, run_id),
+            )
+        )
+        result["max_start_gap_s"] = round(max((b - a for a, b in itertools.pairwise(starts)), default=0.0), 3)
+        if self.executor == "rtx":
+            # rtx's own pickup: allocation inserted (the scheduler's commit) -> task process started
+            pickups = [
+                float(p[0])
+                for p in self.sql(
+                    "select extract(epoch from process_started_at - created_at) from runtime_executor.allocations"
+                    " where dag_id=%s and run_id=%s and process_started_at is not null",
+                    (dag_id, run_id),
+                )
+            ]
+            if pickups:
+                result["rtx_pickup_p50_ms"] = round(percentile(pickups, 50) * 1000, 1)
+                result["rtx_pickup_p99_ms"] = round(percentile(pickups, 99) * 1000, 1)
         if workload == "sleep_32" and peak[0]:
             result["running_peak"] = peak[0]
             result["pss_mb_per_running_task"] = round(peak[1] / peak[0], 1)
@@ -397,6 +420,9 @@ ROWS = [
     ("api_requests", "api requests"),
     ("api_mean_ms", "api mean latency (ms)"),
     ("host_busy_percent", "host CPU busy (%)"),
+    ("max_start_gap_s", "longest gap between task starts (s)"),
+    ("rtx_pickup_p50_ms", "rtx pickup p50 (ms)"),
+    ("rtx_pickup_p99_ms", "rtx pickup p99 (ms)"),
     ("pss_mb_per_running_task", "PSS per running task (MB)"),
 ]
 
