@@ -73,7 +73,16 @@ EXECUTORS = {
     "rtx": "runtime_executor.RuntimeExecutor",
     "celery": "CeleryExecutor",
 }
-RUNNER_ARGS = ("--slots", "16", "--cpu", "4", "--memory", "8192")
+# RTX_BENCH_RUNNER_ARGS adds runner flags, e.g. "--spare-processes 16"
+RUNNER_ARGS = (
+    "--slots",
+    "16",
+    "--cpu",
+    "4",
+    "--memory",
+    "8192",
+    *os.environ.get("RTX_BENCH_RUNNER_ARGS", "").split(),
+)
 
 
 # -- processes -----------------------------------------------------------------------------------
