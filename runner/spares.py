@@ -28,8 +28,7 @@ log = structlog.get_logger("rtx.runner")
 # the same child at once make one of them read EOF and report exit code 255. So every start holds
 # PROCESS_LOCK, and each task process is taken off multiprocessing's list of children as soon as it
 # has started: its exit code is then read by one thread only (the reaper, or launch() for a spare),
-# which never waits for a start. (Waiting for starts starved the reaper during a burst: outcomes,
-# and so Airflow's free slots, came seconds late; measured in docs/performance.md.)
+# so the reaper never waits behind the forks of a burst of starts.
 PROCESS_LOCK = threading.Lock()
 
 
