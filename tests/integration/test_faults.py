@@ -6,9 +6,11 @@ duplicated executions: no allocation runs twice at the same time, and every one 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -81,22 +83,30 @@ def test_kill9_runner_rescues_its_work(db, daemons, tmp_path):
     assert query(daemons.db_url, "SELECT state FROM runtime_executor.runners WHERE id = %(r)s", {"r": victim_id}) == [("lost",)]
 
 
-def test_runner_cut_off_from_the_database_fences_itself(db, daemons, tmp_path, pg_admin_url):
-    """Promise 2: a runner that cannot renew its lease stops its tasks before the lease expires;
-    the allocator's rescue happens once; back online, the runner registers afresh and works."""
-    record = tmp_path / "record.txt"
-    from urllib.parse import urlsplit
-
+@contextlib.contextmanager
+def _task_on_a_runner_behind_a_proxy(db, daemons, record, *, slots: int, **workload):
+    """An allocator, a runner named ``cut-off`` that reaches the database only through a TCP proxy
+    the test can cut, and one 60 s task running on it: yields (proxy, runner id, task, task pid)."""
     parts = urlsplit(daemons.db_url)
     proxy = TcpProxy(parts.hostname, parts.port)
     try:
         proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
         daemons.allocator(**FAST)
-        daemons.runner("--slots", "2", name="cut-off", RTX_DATABASE_URL=proxied, **FAST)
-        [old_id] = wait_runners(daemons.db_url, 1)
-        [task] = insert_allocations(db, 1, workload={"sleep": 60, "record": str(record)})
+        daemons.runner("--slots", str(slots), name="cut-off", RTX_DATABASE_URL=proxied, **FAST)
+        [runner_id] = wait_runners(daemons.db_url, 1)
+        [task] = insert_allocations(db, 1, workload={"sleep": 60, "record": str(record), **workload})
         wait_states(daemons.db_url, [task], {"running"})
         [pid] = wait_for(lambda: _pids_of(read_records(record), [task]), 20)
+        yield proxy, runner_id, task, pid
+    finally:
+        proxy.close()
+
+
+def test_runner_cut_off_from_the_database_fences_itself(db, daemons, tmp_path, pg_admin_url):
+    """Promise 2: a runner that cannot renew its lease stops its tasks before the lease expires;
+    the allocator's rescue happens once; back online, the runner registers afresh and works."""
+    record = tmp_path / "record.txt"
+    with _task_on_a_runner_behind_a_proxy(db, daemons, record, slots=2) as (proxy, old_id, task, pid):
         proxy.cut()
         t_cut = time.monotonic()
         wait_for(lambda: not psutil.pid_exists(pid), 10, what="the fenced task to be stopped")
@@ -116,8 +126,6 @@ def test_runner_cut_off_from_the_database_fences_itself(db, daemons, tmp_path, p
         events = query(daemons.db_url, "SELECT to_state FROM runtime_executor.allocation_events WHERE allocation_id = %(a)s ORDER BY id", {"a": task})
         assert [e[0] for e in events].count("lost") == 1  # rescued once
         _never_twice_at_once(read_records(record))
-    finally:
-        proxy.close()
 
 
 def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, daemons, tmp_path):
@@ -129,19 +137,8 @@ def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, 
     healthy runner starts it at once. The old process must have been seen dead before the lease
     expiry on the database clock (``runners.lease_expires_at``, the same host clock as the tasks'
     own timestamps), and the retry must start after both."""
-    from urllib.parse import urlsplit
-
     record = tmp_path / "record.txt"
-    parts = urlsplit(daemons.db_url)
-    proxy = TcpProxy(parts.hostname, parts.port)
-    try:
-        proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
-        daemons.allocator(**FAST)
-        daemons.runner("--slots", "1", name="cut-off", RTX_DATABASE_URL=proxied, **FAST)
-        [old_runner] = wait_runners(daemons.db_url, 1)
-        [task] = insert_allocations(db, 1, workload={"sleep": 60, "term_grace": 60, "record": str(record)})
-        wait_states(daemons.db_url, [task], {"running"})
-        [pid] = wait_for(lambda: _pids_of(read_records(record), [task]), 20)
+    with _task_on_a_runner_behind_a_proxy(db, daemons, record, slots=1, term_grace=60) as (proxy, old_runner, task, pid):
         daemons.runner("--slots", "1", name="healthy", **FAST)
         wait_runners(daemons.db_url, 2)
         proxy.cut()
@@ -181,8 +178,6 @@ def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, 
         )
         assert lease_expired_at <= lost_at < retry_start
         _never_twice_at_once(records)
-    finally:
-        proxy.close()
 
 
 @pytest.fixture
