@@ -10,7 +10,9 @@ Plain dicts of JSON-able values (the documented ``rtx status --json`` shape):
      "runners": [{id, name, hostname, pid, queues, state, capacity, reserved, free, heartbeat_age_s,
                   lease_expired, host_cpu_percent, host_memory_used_mb, allocation_count,
                   allocations: [...]}],
-     "unassigned": [allocation, ...]}
+     "unassigned": [allocation, ...],
+     "autoscale": {queue: {"desired_runners", "runners", "runner_size", "demand", "requests", "waiting",
+                           "too_large", "too_large_needs", "by_dimension"}}}   (allocator.autoscale)
 
 Invariant: every count (``totals``, ``queues``, ``allocation_count``, reserved amounts) comes from
 an aggregate query and is exact whatever the number of rows; only the lists (``unassigned`` and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from allocator.autoscale import from_rows
 from runtime_executor.db.gateway import Gateway
 
 DIMENSIONS = ("slots", "cpu", "memory_mb")
@@ -147,4 +150,5 @@ def snapshot(gw: Gateway, *, limit: int = 1000) -> dict[str, Any]:
         },
         "runners": runners,
         "unassigned": unassigned,
+        "autoscale": {q: scale.as_json() for q, scale in from_rows(*gw.autoscale_rows()).items()},
     }

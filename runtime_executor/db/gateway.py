@@ -217,6 +217,10 @@ class Gateway:
     def count_by_state(self) -> list[Row]:
         return self.fetch("count_by_state")
 
+    def autoscale_rows(self) -> tuple[list[Row], list[Row]]:
+        """(demand by queue and request shape, live active runners by queue and size): allocator.autoscale."""
+        return self.fetch("autoscale_demand"), self.fetch("autoscale_runners")
+
     # -- metrics --------------------------------------------------------------------------------
     def metrics_allocations(self) -> list[Row]:
         return self.fetch("metrics_allocations")

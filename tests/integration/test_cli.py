@@ -196,7 +196,7 @@ def test_status_json_has_the_documented_shape_and_numbers(live):
     result = run_cli("runtime_executor", "status", "--json", env=live.env)
     assert result.returncode == 0, result.stderr
     snap = json.loads(result.stdout)
-    assert set(snap) == {"generated_at", "totals", "queues", "runners", "unassigned"}
+    assert set(snap) == {"generated_at", "totals", "queues", "runners", "unassigned", "autoscale"}
     assert dt.datetime.fromisoformat(snap["generated_at"]).tzinfo is not None
 
     totals = snap["totals"]
