@@ -50,8 +50,8 @@ import psutil
 import psycopg
 
 from bench.common import DEFAULT_ADMIN_URL, percentile
-from runtime_executor.testing.airflow_stack import AirflowStack
-from runtime_executor.testing.pgcluster import (
+from testing.airflow_stack import AirflowStack
+from testing.pgcluster import (
     PgCluster,
     create_database,
     drop_database,

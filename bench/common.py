@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from runtime_executor.db.migrate import migrate
-from runtime_executor.testing.pgcluster import PgCluster, create_database, drop_database, server_answers
+from testing.pgcluster import PgCluster, create_database, drop_database, server_answers
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.common import bench_database, percentile
 from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
-from runtime_executor.testing.daemons import Daemons, query, wait_for
+from testing.daemons import Daemons, query, wait_for
 
 
 def main() -> None:

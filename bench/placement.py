@@ -23,7 +23,7 @@ from pathlib import Path
 from allocator.model import Request, RunnerState
 from allocator.strategies import get_strategy
 from bench.common import bench_database
-from runtime_executor.testing.daemons import Daemons, query, wait_for
+from testing.daemons import Daemons, query, wait_for
 
 RUNNER = {"slots": 128, "cpu": 64.0, "memory_mb": 262144}
 

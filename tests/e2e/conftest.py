@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime_executor.testing.airflow_stack import AirflowStack
-from runtime_executor.testing.pgcluster import create_database, drop_database, free_port
+from testing.airflow_stack import AirflowStack
+from testing.pgcluster import create_database, drop_database, free_port
 from tests.conftest import _with_db
 from tests.support.daemons import Daemon
 

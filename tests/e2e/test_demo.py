@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from deploy.demo.demo import port_free
-from runtime_executor.testing.pgcluster import free_port
+from testing.pgcluster import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from runtime_executor.testing.daemons import query, wait_for
+from testing.daemons import query, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -36,8 +36,8 @@ import pytest
 
 from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
-from runtime_executor.testing.airflow_stack import AirflowStack
-from runtime_executor.testing.pgcluster import create_database, drop_database, free_port
+from testing.airflow_stack import AirflowStack
+from testing.pgcluster import create_database, drop_database, free_port
 from tests.conftest import _with_db
 from tests.e2e.browser import Browser, require_chromium
 from tests.support.allocations import insert_allocations

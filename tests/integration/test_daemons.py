@@ -6,7 +6,7 @@ import json
 
 import psutil
 
-from runtime_executor.testing.daemons import query, wait_for
+from testing.daemons import query, wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import (
     FAST,

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from runtime_executor.testing.daemons import query, wait_for
-from runtime_executor.testing.proxy import TcpProxy
+from testing.daemons import query, wait_for
+from testing.proxy import TcpProxy
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, read_records, wait_runners, wait_states
 
@@ -182,7 +182,7 @@ def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, 
 
 @pytest.fixture
 def own_cluster(tmp_path):
-    from runtime_executor.testing.pgcluster import PgCluster, create_database
+    from testing.pgcluster import PgCluster, create_database
 
     cluster = PgCluster(tmp_path / "pg").start()
     create_database(cluster.admin_url, "rtx")
@@ -200,7 +200,7 @@ def test_postgres_restart_loses_nothing(own_cluster, tmp_path):
     from runtime_executor.db.connection import Database
     from runtime_executor.db.migrate import migrate
     from runtime_executor.settings import Settings
-    from runtime_executor.testing.daemons import Daemons
+    from testing.daemons import Daemons
 
     url = own_cluster.url("rtx")
     with psycopg.connect(url, autocommit=True) as conn:

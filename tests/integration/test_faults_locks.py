@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from runtime_executor.db.gateway import Gateway
-from runtime_executor.testing.daemons import Daemon, query, wait_for
+from testing.daemons import Daemon, query, wait_for
 from tests.integration.test_faults import DONE, _never_twice_at_once, _pids_of
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, read_records, wait_runners, wait_states

@@ -13,7 +13,7 @@ import pytest
 from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
 from runtime_executor.status import snapshot
-from runtime_executor.testing.daemons import daemon_env
+from testing.daemons import daemon_env
 from tests.support.allocations import assign_to, insert_allocations
 from tests.support.fixtures import wait_states
 

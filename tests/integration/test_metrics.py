@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime_executor.testing.daemons import wait_for
+from testing.daemons import wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, wait_runners, wait_states
 

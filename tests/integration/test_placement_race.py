@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import sys
 
-from runtime_executor.testing.daemons import Daemon, daemon_env, query, wait_for
+from testing.daemons import Daemon, daemon_env, query, wait_for
 from tests.support.fixtures import assert_never_overcommitted
 
 
@@ -15,7 +15,7 @@ def test_three_allocators_10000_allocations_50_runners(db, daemons, tmp_path):
         [
             sys.executable,
             "-m",
-            "runtime_executor.testing.sim_runners",
+            "testing.sim_runners",
             "--count",
             "50",
             "--slots",

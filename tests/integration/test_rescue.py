@@ -14,7 +14,7 @@ import time
 import pytest
 
 from runtime_executor.db.connection import Database
-from runtime_executor.testing.daemons import query, wait_for
+from testing.daemons import query, wait_for
 from tests.integration.conftest import register_runner
 from tests.support.allocations import assign_to, insert_allocations
 from tests.support.fixtures import FAST, states, wait_states

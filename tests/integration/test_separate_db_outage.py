@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from airflow.utils.state import TaskInstanceState
 
-from runtime_executor.testing.proxy import TcpProxy
+from testing.proxy import TcpProxy
 from tests.integration.conftest import (
     finish_on_runner,
     queue_in_session,

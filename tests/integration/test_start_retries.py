@@ -7,7 +7,7 @@ the task's Airflow try: placed again, it succeeds as the same row, with the same
 
 from __future__ import annotations
 
-from runtime_executor.testing.daemons import query
+from testing.daemons import query
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, read_records, wait_runners, wait_states
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from runtime_executor.testing.daemons import query, wait_for
+from testing.daemons import query, wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, wait_runners, wait_states
 

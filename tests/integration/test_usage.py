@@ -9,7 +9,7 @@ import os
 import signal
 
 from runner.service import describe_exit
-from runtime_executor.testing.daemons import query, wait_for
+from testing.daemons import query, wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, read_records, wait_runners, wait_states
 

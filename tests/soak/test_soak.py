@@ -13,7 +13,7 @@ import random
 import time
 from collections import Counter
 
-from runtime_executor.testing.daemons import query
+from testing.daemons import query
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, assert_never_overcommitted, read_records, wait_runners
 

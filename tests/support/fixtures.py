@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime_executor.testing.daemons import Daemons, query, wait_for
+from testing.daemons import Daemons, query, wait_for
 
 # Short leases for tests. A runner needs lease_timeout > heartbeat_interval + kill_grace + 1 s (room to
 # fence before the database calls the lease expired), so the 3 s lease takes a 1 s kill grace.

@@ -30,7 +30,7 @@ import pytest
 
 from runtime_executor.notify import Notifier
 from runtime_executor.settings import Settings
-from runtime_executor.testing.proxy import TcpProxy
+from testing.proxy import TcpProxy
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, wait_runners, wait_states
 

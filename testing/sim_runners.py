@@ -2,7 +2,7 @@
 
 Each simulated runner registers like a real one, heartbeats, starts what was assigned to it with the
 same guarded statement as ``rtx-runner`` and finishes it after a short hold, without running any
-process. ``python -m runtime_executor.testing.sim_runners --count 50 --slots 8`` (RTX_DATABASE_URL).
+process. ``python -m testing.sim_runners --count 50 --slots 8`` (RTX_DATABASE_URL).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout (tests/ and bench/ live there)
+REPO = Path(__file__).resolve().parents[1]  # the checkout (tests/ and bench/ live there)
 FAKE_TASK = "tests.support.fake_task:run"
 
 
