@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import click
 
-from runtime_executor.daemon import (
+from runtime_executor.command_line import (
     CommandGroup,
     check_database,
     common_options,
     fail,
-    loops_healthy,
-    serve_until_signal,
     settings_from_cli,
 )
 from runtime_executor.metrics import serve_metrics
+from runtime_executor.serve import loops_healthy, serve_until_signal
 
 
 @click.group(cls=CommandGroup)

@@ -51,11 +51,11 @@ from collections import Counter
 
 import structlog
 
+from allocator.metrics import AllocatorMetrics
 from allocator.model import Request, RunnerState
 from allocator.strategies import get_strategy
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
-from runtime_executor.metrics import AllocatorMetrics
 from runtime_executor.settings import Settings
 
 log = structlog.get_logger("rtx.allocator")

@@ -7,17 +7,16 @@ import os
 import click
 import psutil
 
-from runtime_executor.daemon import (
+from runtime_executor.command_line import (
     CommandGroup,
     check_database,
     common_options,
     fail,
-    loops_healthy,
-    serve_until_signal,
     settings_from_cli,
 )
 from runtime_executor.metrics import serve_metrics
 from runtime_executor.resources import BadResourceRequest, parse_cpu, parse_memory_mb
+from runtime_executor.serve import loops_healthy, serve_until_signal
 from runtime_executor.settings import ConfigError, validate_fencing
 
 

@@ -33,7 +33,7 @@ from runtime_executor import airflow_compat as compat
 from runtime_executor.db.connection import Database, DatabaseUnavailable, connect
 from runtime_executor.db.gateway import Gateway
 from runtime_executor.db.migrate import SchemaMismatch, check_schema
-from runtime_executor.metrics import ExecutorStats
+from runtime_executor.executor_stats import ExecutorStats
 from runtime_executor.resources import BadResourceRequest, ResourceRequest, request_from_task
 from runtime_executor.settings import ConfigError, Settings, load_settings, redact_url, to_libpq_url
 

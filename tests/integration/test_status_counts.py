@@ -13,10 +13,10 @@ import uuid
 
 import pytest
 
-from runtime_executor.cli import render_status
 from runtime_executor.db.connection import Database
 from runtime_executor.plugin.app import _StatusReader
 from runtime_executor.status import snapshot
+from runtime_executor.status_text import render_status
 
 LIVE = {"assigned": 100, "running": 1_500, "unassigned_default": 98_000, "unassigned_etl": 400}
 UNSCHEDULABLE_ETL = 100
