@@ -56,8 +56,24 @@ def main() -> None:
 )
 @click.option(
     "--memory-margin", type=click.FloatRange(min=0), default=None,
-    help="Percent over its memory reservation a task may use before --enforce-memory stops it (default 10). "
-    "Also RTX_MEMORY_MARGIN.",
+    help="Percent over its memory reservation a task may use before --enforce-memory stops it, and the "
+    "headroom of its hard limit with --isolation cgroup (default 10). Also RTX_MEMORY_MARGIN.",
+)
+@click.option(
+    "--isolation", type=click.Choice(["none", "cgroup"]), default=None,
+    help="cgroup: run each task in a cgroup of its own, with a hard memory limit (reservation + --memory-margin) "
+    "and a CPU weight (or quota, --cpu-limit); usage and OOM kills read from it (docs/isolation.md). Default none. "
+    "Also RTX_ISOLATION.",
+)
+@click.option(
+    "--cgroup-root", default=None,
+    help="With --isolation cgroup: the cgroup (a path as in /proc/self/cgroup, e.g. /rtx) task cgroups go under "
+    "(default: the runner's own cgroup). Also RTX_CGROUP_ROOT.",
+)
+@click.option(
+    "--cpu-limit/--no-cpu-limit", default=None,
+    help="With --isolation cgroup: also cap each task at its CPU request (a quota of request x period), not only "
+    "weight it (default off). Also RTX_CPU_LIMIT.",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=None,
@@ -95,6 +111,16 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, 
     from runner.task_entry import drop_database_env
 
     drop_database_env(os.environ, settings.task_env_allow)
+    isolation = None
+    if settings.isolation == "cgroup":  # before the fork server starts (v2 may move the runner)
+        from runner.cgroups import CgroupError, open_isolation
+
+        try:
+            isolation = open_isolation(
+                settings.cgroup_root, memory_margin=settings.memory_margin, cpu_limit=settings.cpu_limit
+            )
+        except (CgroupError, OSError) as exc:
+            fail(str(exc))
     runner = Runner(
         settings,
         capacity,
@@ -102,14 +128,19 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, 
         name=name,
         server_url=execution_api_url,
         spare_processes=spare_processes,
+        isolation=isolation,
     )
     try:
         serve_metrics(runner.metrics, settings.metrics_host, settings.metrics_port)
     except OSError as exc:
+        if isolation is not None:
+            isolation.close()
         fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
     try:
         runner.start()
     except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
+        if isolation is not None:
+            isolation.close()
         fail(f"runner could not start: {exc}")
     log_server = None
     if serve_logs:

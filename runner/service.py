@@ -47,8 +47,10 @@ import psutil
 import structlog
 
 from runner import task_entry
+from runner.cgroups import Isolation, TaskCgroup
+from runner.cgroups.isolation import task_env
 from runner.spares import SparePool, exit_code
-from runner.usage import UsageMonitor, log_path_of, oom_kills
+from runner.usage import UsageMonitor, append_task_log, log_path_of, oom_kills
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
 from runtime_executor.metrics import RunnerMetrics
@@ -83,6 +85,7 @@ class TaskHandle:
     peak_rss_mb: int | None = None
     memory_warned: bool = False
     oom_kills_at_start: int | None = None  # the cgroup's OOM-kill count when it started
+    cgroup: TaskCgroup | None = None  # its own cgroup (--isolation cgroup)
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,13 @@ def describe_exit(
     memory_mb: int = 0,
     oom_killed: bool = False,
     error: str | None = None,
+    oom: str | None = None,
 ) -> tuple[str, str | None]:
     """(state, reason) for a task process's exit code (negative = killed by that signal).
 
     ``error`` is the last error line the task process left (``task_entry.take_error``), if any.
+    ``oom`` is the kernel's word that it OOM-killed the task's own cgroup (``--isolation cgroup``): it
+    replaces the exit detail, and no guess is needed.
 
     A task the runner did not stop that died of SIGKILL with its peak memory at or over its
     reservation, or any failure while the kernel's OOM killer struck the runner's cgroup
@@ -123,7 +129,9 @@ def describe_exit(
         detail = f"task process exited with code {code}"
     if error:
         detail += f": {error}"
-    if stop_reason is None:
+    if oom:
+        detail = oom
+    elif stop_reason is None:
         peak = f"peak memory {peak_rss_mb} MB" if peak_rss_mb is not None else ""
         if code == -signal.SIGKILL and memory_mb > 0 and peak_rss_mb is not None and peak_rss_mb >= memory_mb:
             detail += f" (likely out of memory: {peak}, reservation {memory_mb} MB)"
@@ -142,6 +150,7 @@ class Runner:
         name: str | None = None,
         server_url: str | None = None,
         spare_processes: int = 2,
+        isolation: Isolation | None = None,
     ) -> None:
         validate_fencing(settings)
         self.settings = settings
@@ -173,6 +182,7 @@ class Runner:
         self.listener.subscribe("runner", [self._on_notify])
         self._task_entry = task_entry.entry_point()
         self.spares = SparePool(spare_processes)
+        self.isolation = isolation  # opened by the CLI before the fork server starts (runner.cgroups)
         self.metrics = RunnerMetrics(self.name)
         self.metrics.set_capacity(capacity.slots, capacity.cpu, capacity.memory_mb)
         self.metrics.track_reserved(self.reserved)
@@ -242,6 +252,8 @@ class Runner:
         self.reaper.stop()
         self.usage.stop()
         self.spares.close()
+        if self.isolation is not None:
+            self.isolation.close()
         self._set_state(self._control_db, "stopped", ["active", "draining"], release=True)
         for db in (self._work_db, self._heartbeat_db, self._control_db):
             db.close()
@@ -372,10 +384,16 @@ class Runner:
             else f"callback {row['callback_id']}"
         )
         env = {"RTX_ALLOCATION_ID": allocation_id, "RTX_RUNNER_ID": self.runner_id}
+        cgroup = None
         try:
             self._before_launch()
+            if self.isolation is not None:
+                cgroup = self.isolation.create(allocation_id, row["memory_mb"], row["cpu"])
+                env.update(task_env(cgroup))
             process = self.spares.launch(self._task_entry, row["workload"], env, self.server_url, f"rtx task: {label}")
         except Exception as exc:  # noqa: BLE001 - a task that cannot start fails alone
+            if cgroup is not None:
+                self.isolation.release(cgroup)
             # launch returns once the workload is handed over: an error before that ran no task code
             log.exception("could not start task process", allocation_id=allocation_id)
             self._outcomes.append(
@@ -395,6 +413,7 @@ class Runner:
             memory_mb=row["memory_mb"],
             log_path=log_path_of(row["workload"]),
             oom_kills_at_start=self.usage.oom_kills,
+            cgroup=cgroup,
         )
         with self._tasks_lock:
             self._tasks[allocation_id] = handle
@@ -460,6 +479,7 @@ class Runner:
                 continue
             handle = handles[sentinel]
             code = exit_code(handle.process)
+            oom = self._release_cgroup(handle, code)
             state, reason = describe_exit(
                 code,
                 handle.stop_reason,
@@ -467,7 +487,10 @@ class Runner:
                 memory_mb=handle.memory_mb,
                 oom_killed=_oom_killed_since(handle, code),
                 error=task_entry.take_error(handle.allocation_id),
+                oom=oom,
             )
+            if oom and handle.log_path:  # where its owner looks: the task's own log
+                append_task_log(handle.log_path, "error", f"rtx: {reason}")
             self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, code, reason))
             with self._tasks_lock:
                 self._tasks.pop(handle.allocation_id, None)
@@ -485,6 +508,18 @@ class Runner:
             if handle.term_sent_at is not None and (now - handle.term_sent_at > self.settings.kill_grace or now >= kill_at):
                 _signal_group(handle.pid, signal.SIGKILL)
         return True
+
+    def _release_cgroup(self, handle: TaskHandle, code: int | None) -> str | None:
+        """Remove an exited task's cgroup (killing what it left); its OOM reason if the kernel killed it."""
+        if self.isolation is None:
+            return None
+        self.isolation.sweep_pending()  # cgroups a still-dying process kept busy at an earlier exit
+        if handle.cgroup is None:
+            return None
+        stats, oom = self.isolation.finish(handle.cgroup, failed=code != 0 or handle.stop_reason is not None)
+        if stats is not None and stats.peak_bytes is not None:
+            handle.peak_rss_mb = max(handle.peak_rss_mb or 0, stats.peak_mb)
+        return oom
 
     def _reap_timeout(self) -> float:
         """Wait for exits at most until the next stop or fencing deadline (0.5 s when none is near)."""

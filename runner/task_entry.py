@@ -20,6 +20,8 @@ from collections.abc import Callable, MutableMapping
 
 import psutil
 
+from runner.cgroups.join import JOIN_KEY, join
+
 DEFAULT_ENTRY = "runner.task_process:run"
 
 # Never handed to a task: the runner's own database URL, and systemd's notify socket (the tasks
@@ -84,6 +86,14 @@ def wait_and_run(conn, runner_alive) -> None:
         return
     finally:
         conn.close()
+    cgroup = env.pop(JOIN_KEY, None)
+    if cgroup:
+        # First act: the task's cgroup (--isolation cgroup), so everything it forks inherits it.
+        try:
+            join(cgroup)
+        except OSError as exc:
+            _record_error(env.get("RTX_ALLOCATION_ID"), RuntimeError(f"could not join its cgroup: {exc}"))
+            raise SystemExit(1) from None
     _watch_runner(runner_alive)
     run(entry, workload_json, env, server, proctitle)
 

@@ -24,6 +24,7 @@ SECTION = "runtime_executor"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "console", "json")
+ISOLATIONS = ("none", "cgroup")
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,9 @@ class Settings:
     enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
     memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
     task_env_allow: str = ""  # comma-separated database-credential variables tasks may still see
+    isolation: str = "none"  # "cgroup": each task in a cgroup of its own held to its reservation
+    cgroup_root: str = ""  # the cgroup under which task cgroups go (default: the runner's own)
+    cpu_limit: bool = False  # with cgroup isolation: a hard CPU quota of the request, not only a weight
     # all
     metrics_port: int = 0  # Prometheus /metrics of a daemon; 0 = off
     metrics_host: str = "127.0.0.1"
@@ -181,6 +185,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"usage_interval={settings.usage_interval!r} must be > 0")
     if settings.memory_margin < 0:
         raise ConfigError(f"memory_margin={settings.memory_margin!r} must be >= 0")
+    if settings.isolation not in ISOLATIONS:
+        raise ConfigError(f"isolation={settings.isolation!r} must be one of {', '.join(ISOLATIONS)}")
     if not 0 <= settings.metrics_port <= 65535:
         raise ConfigError(f"metrics_port={settings.metrics_port!r} must be a TCP port (0 = off)")
     if settings.log_level.lower() not in LOG_LEVELS:

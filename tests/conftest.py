@@ -21,7 +21,7 @@ from runtime_executor.db.migrate import migrate
 from runtime_executor.settings import Settings
 from testing.pgcluster import PgCluster, create_database, drop_database, server_answers
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.cgroups"]
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

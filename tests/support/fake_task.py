@@ -3,7 +3,8 @@
 The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/file"}``
 (``env_dump`` / ``proc_env_dump``: write ``os.environ`` / ``/proc/self/environ`` there as JSON;
 ``"term_grace": 60``: on SIGTERM record ``term`` and carry on that long, as a task whose clean-up
-is slow, so that only the runner's SIGKILL stops it). Each start
+is slow, so that only the runner's SIGKILL stops it; ``"busy": 3, "busy_procs": 2``: that many
+processes spin on the CPU for that long). Each start
 appends one line ``start <allocation> <runner> <pid> <unix time>`` (and ``end ...`` on a normal
 exit) to ``record``, so tests can prove every task ran once and never twice at the same time.
 """
@@ -28,6 +29,22 @@ def _record(path: str | None, what: str) -> None:
         os.close(fd)
 
 
+def _spin(seconds: float, procs: int) -> None:
+    """Busy-loop in ``procs`` processes (this one and procs - 1 forks) for ``seconds``."""
+    children = []
+    for _ in range(procs - 1):
+        pid = os.fork()
+        if pid == 0:
+            _spin(seconds, 1)
+            os._exit(0)
+        children.append(pid)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     spec = json.loads(workload_json or "{}")
     if spec.get("term_grace") is not None:
@@ -48,6 +65,8 @@ def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: 
         with open(spec["proc_env_dump"], "w") as f:
             json.dump(started_with, f)
     time.sleep(float(spec.get("sleep", 0)))
+    if spec.get("busy"):
+        _spin(float(spec["busy"]), int(spec.get("busy_procs", 1)))
     if spec.get("allocate_mb"):
         ballast = bytearray(int(spec["allocate_mb"]) * 2**20)  # noqa: F841 - held until exit
         time.sleep(float(spec.get("hold", 0)))
