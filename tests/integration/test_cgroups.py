@@ -17,7 +17,7 @@ import pytest
 from runner.cgroups import Isolation, TaskLimits
 from runner.cgroups.backend import Backend, process_start
 from runner.cgroups.limits import MB
-from runtime_executor.testing.daemons import REPO, daemon_env, query, wait_for
+from testing.daemons import REPO, daemon_env, query, wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, wait_runners, wait_states
 
