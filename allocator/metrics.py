@@ -58,7 +58,22 @@ class AllocatorMetrics(DaemonMetrics):
             registry=r,
         )
         self._seen: set[tuple[str, str]] = set()
+        self.desired_runners = Gauge(
+            "rtx_desired_runners",
+            "Runners of the queue's runner size that its waiting and reserved work needs (allocator.autoscale; "
+            "the autoscaling signal, see docs/scaling.md).",
+            ["queue"],
+            registry=r,
+        )
+        self.too_large = Gauge(
+            "rtx_autoscale_too_large_allocations",
+            "Live allocations of the queue that fit no runner of its runner size (they need a bigger runner, "
+            "not more; not counted in rtx_desired_runners).",
+            ["queue"],
+            registry=r,
+        )
         self._seen_queues: set[str] = set()
+        self._scaled_queues: set[str] = set()
 
     def observe_placed(self, waits: Iterable[tuple[str, float]]) -> None:
         """(queue, seconds from request to placement) of each allocation placed."""
@@ -93,3 +108,13 @@ class AllocatorMetrics(DaemonMetrics):
             self.unschedulable.labels(queue).set(n)
         self._seen |= counts.keys()
         self._seen_queues |= unschedulable.keys()
+
+    def set_autoscale(self, scales: Mapping[str, Any]) -> None:
+        """``allocator.autoscale.from_rows`` per queue; a queue seen before and now absent drops to 0."""
+        for queue in self._scaled_queues - scales.keys():
+            self.desired_runners.labels(queue).set(0)
+            self.too_large.labels(queue).set(0)
+        for queue, scale in scales.items():
+            self.desired_runners.labels(queue).set(scale.desired)
+            self.too_large.labels(queue).set(scale.too_large)
+        self._scaled_queues |= scales.keys()

@@ -51,6 +51,7 @@ from collections import Counter
 
 import structlog
 
+from allocator import autoscale
 from allocator.metrics import AllocatorMetrics
 from allocator.model import Request, RunnerState
 from allocator.strategies import get_strategy
@@ -192,11 +193,13 @@ class Allocator:
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics_pass(self) -> bool:
-        """Queue depth and unschedulable gauges (only with --metrics-port): one read-only query."""
+        """Queue depth, unschedulable and desired-runner gauges (only with --metrics-port): read-only queries."""
         assert self._metrics_db is not None
         with self._metrics_db.statements() as gw:
             rows = gw.metrics_allocations()
+            scales = autoscale.from_rows(*gw.autoscale_rows())
         self.metrics.set_allocations(rows)
+        self.metrics.set_autoscale(scales)
         return False
 
     # -- upkeep ---------------------------------------------------------------------------------
