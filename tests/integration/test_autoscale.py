@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 
 from testing.daemons import REPO, daemon_env, query, wait_for
 from tests.integration.test_metrics import answers, free_port, scrape
 from tests.support.allocations import insert_allocations
-from tests.support.fixtures import FAST, wait_runners
+from tests.support.fixtures import FAST, read_records, states, wait_runners, wait_states
+
+DONE = {"succeeded", "failed", "lost", "cancelled"}
 
 SIZE = {"slots": 4, "cpu": 2.0, "memory_mb": 1000}
 RUNNER_ARGS = ("--slots", "4", "--cpu", "2", "--memory", "1000")
@@ -149,3 +152,40 @@ def test_desired_runners_gauge_and_status_follow_the_formula(db, daemons):
         after_drain, 30, interval=0.3, what="the figure without the draining runner's work"
     )
     assert on_r2 > 0 and snap["requests"] == 14 - on_r2  # r2's running tasks left the demand
+
+
+def test_scale_down_drains_the_runner_and_never_kills_a_running_task(db, daemons, tmp_path):
+    """What an autoscaler's scale-down does (deploy/kubernetes: a preStop `rtx runner drain`, then
+    SIGTERM): the runner takes nothing new, its running tasks finish untouched, then it exits."""
+    url, record = db.settings.database_url, tmp_path / "record.txt"
+    env = {**FAST, "RTX_DRAIN_TIMEOUT": "60"}
+    daemons.allocator(**env)
+    old = daemons.runner(
+        "--slots", "4", name="old", **env
+    )  # room left for more: only the drain keeps it away
+    wait_runners(url, 1)
+    # a SIGTERM reaching these tasks would be recorded ("term") and hold them for a minute
+    running = insert_allocations(db, 2, workload={"sleep": 4, "term_grace": 60, "record": str(record)})
+    wait_states(url, running, {"running"})
+
+    drain = subprocess.run(
+        [sys.executable, "-m", "runtime_executor", "runner", "drain", "old"],
+        env=daemon_env(url), cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert drain.returncode == 0, drain.stderr
+    later = insert_allocations(db, 2, workload={"record": str(record)})
+    daemons.runner("--slots", "2", name="new", **env)
+    assert set(wait_states(url, later, DONE).values()) == {"succeeded"}
+    old.send(signal.SIGTERM)
+    assert old.proc.wait(60) == 0
+
+    assert set(states(url, running).values()) == {"succeeded"}
+    ids = dict(query(url, "SELECT name, id::text FROM runtime_executor.runners"))
+    records = read_records(record)
+    for allocation in running:
+        assert [(r[0], r[2]) for r in records if r[1] == allocation] == [
+            ("start", ids["old"]),
+            ("end", ids["old"]),
+        ]
+    assert {r[2] for r in records if r[1] in later} == {ids["new"]}  # nothing new on the drained runner
+    assert query(url, "SELECT state FROM runtime_executor.runners WHERE name = 'old'") == [("stopped",)]
