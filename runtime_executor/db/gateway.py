@@ -217,6 +217,11 @@ class Gateway:
     def count_by_state(self) -> list[Row]:
         return self.fetch("count_by_state")
 
+    def run_placements(self, dag_id: str, run_id: str) -> list[Row]:
+        """Each task allocation of one DAG run with the runner it went to (task_id, map_index -1 when
+        unmapped, runner, slots, cpu, memory_mb), oldest try first: the demo's table of its run."""
+        return self.fetch("run_placements", {"dag_id": dag_id, "run_id": run_id})
+
     def autoscale_rows(self) -> tuple[list[Row], list[Row]]:
         """(demand by queue and request shape, live active runners by queue and size): allocator.autoscale."""
         return self.fetch("autoscale_demand"), self.fetch("autoscale_runners")
