@@ -53,10 +53,10 @@ soak: install
 	$(PY) -m pytest -q -s tests/soak
 
 demo: install
-	$(PY) -m deploy.demo start
+	$(PY) -m demo start
 
 demo-stop:
-	@if [ -x $(PY) ]; then $(PY) -m deploy.demo stop; else echo "no $(VENV): no demo to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m demo stop; else echo "no $(VENV): no demo to stop"; fi
 
 clean: demo-stop
 	rm -rf $(VENV) .compat .demo .pytest_cache .ruff_cache .hypothesis

