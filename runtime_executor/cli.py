@@ -18,6 +18,7 @@ from runtime_executor.command_line import (
 )
 from runtime_executor.db.connection import Database, connect
 from runtime_executor.db.migrate import grant, latest_version, migrate
+from runtime_executor.settings import error_line
 
 
 @click.group(cls=CommandGroup)
@@ -71,7 +72,7 @@ def db_grant(role: str, login: str, **options) -> None:
     except STARTUP_ERRORS as exc:
         fail(str(exc))
     except psycopg.Error as exc:
-        fail(f"cannot grant: {str(exc).strip().splitlines()[0]}")
+        fail(f"cannot grant: {error_line(exc)}")
     click.echo(f"granted {group} to {login}")
 
 
@@ -97,7 +98,7 @@ def status(as_json: bool, watch: float | None, **options) -> None:
         except psycopg.errors.UndefinedTable:
             fail(f'rtx schema "{settings.schema}" not found in this database: run `rtx db migrate`')
         except Exception as exc:  # noqa: BLE001 - one line, not a traceback
-            fail(f"cannot read status: {str(exc).strip().splitlines()[0]}")
+            fail(f"cannot read status: {error_line(exc)}")
         text = json.dumps(snap, indent=2, default=str) if as_json else render_status(snap)
         if watch is None:
             click.echo(text)

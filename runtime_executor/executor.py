@@ -35,7 +35,14 @@ from runtime_executor.db.gateway import Gateway
 from runtime_executor.db.migrate import SchemaMismatch, check_schema
 from runtime_executor.executor_stats import ExecutorStats
 from runtime_executor.resources import BadResourceRequest, ResourceRequest, request_from_task
-from runtime_executor.settings import ConfigError, Settings, load_settings, redact_url, to_libpq_url
+from runtime_executor.settings import (
+    ConfigError,
+    Settings,
+    error_line,
+    load_settings,
+    redact_url,
+    to_libpq_url,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -93,9 +100,7 @@ class _OutageGate:
             try:
                 self._probe()
             except Exception as exc:  # noqa: BLE001 - still down: try again later
-                self.cause = redact_url(
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                )
+                self.cause = error_line(exc)
                 delay = min(delay * 2, OUTAGE_PROBE_MAX)
                 continue
             with self._lock:
@@ -135,13 +140,12 @@ class RuntimeExecutor(BaseExecutor):
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            airflow_conn = conf.get("database", "sql_alchemy_conn")
+            settings = load_settings(airflow_url=airflow_conn)
             try:
-                airflow_url = to_libpq_url(conf.get("database", "sql_alchemy_conn"))
+                airflow_url = to_libpq_url(airflow_conn)
             except ConfigError:
                 airflow_url = ""  # Airflow on another database engine: rtx needs RTX_DATABASE_URL then
-            settings = load_settings()
-            if not settings.database_url:
-                settings = settings.with_overrides(database_url=airflow_url)
             self._shares_airflow_db = bool(airflow_url) and _same_database(settings.database_url, airflow_url)
             self._settings = settings
         return self._settings
@@ -161,8 +165,7 @@ class RuntimeExecutor(BaseExecutor):
         except (DatabaseUnavailable, SchemaMismatch, ConfigError) as exc:
             raise RuntimeError(f"RuntimeExecutor cannot start: {redact_url(str(exc))}") from None
         except psycopg.Error as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RuntimeError(f"RuntimeExecutor cannot start: {redact_url(first_line)}") from None
+            raise RuntimeError(f"RuntimeExecutor cannot start: {error_line(exc)}") from None
         self._db = Database(settings, f"rtx-executor:{self.job_id}")
         self.log.info(
             "RuntimeExecutor started (schema %s, %s database)",
@@ -306,10 +309,7 @@ class RuntimeExecutor(BaseExecutor):
         except DatabaseUnavailable:
             return False
         except Exception as exc:  # noqa: BLE001 - reachable, yet refused (schema gone, a bug): fail it
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            info = (
-                f"rtx: could not queue allocation {row['id']}: {type(exc).__name__}: {redact_url(first_line)}"
-            )
+            info = f"rtx: could not queue allocation {row['id']}: {type(exc).__name__}: {error_line(exc)}"
             self.log.error("%s (%s)", info, key)
             self.fail(key, info=info)
             return True

@@ -20,7 +20,7 @@ import psycopg
 import structlog
 
 from runtime_executor.db.connection import DatabaseUnavailable, connect
-from runtime_executor.settings import Settings, redact_url
+from runtime_executor.settings import Settings, error_line
 
 log = structlog.get_logger("rtx.loop")
 
@@ -97,7 +97,7 @@ class Loop:
             log.warning(
                 "database unavailable; retrying",
                 loop=self.name,
-                error=redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+                error=error_line(exc),
                 retry_in=round(delay, 2),
                 attempt=self.failures,
             )

@@ -139,7 +139,29 @@ def to_libpq_url(url: str) -> str:
     return f"postgresql://{rest}"
 
 
-def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+def resolve_database_url(
+    configured: str, env: Mapping[str, str] | None = None, airflow_url: str | None = None
+) -> str:
+    """rtx's database as a libpq URL; the one place that decides it for the daemons, the CLI, the
+    shim and the status page.
+
+    ``configured`` (``--database-url``, ``RTX_DATABASE_URL``, ``[runtime_executor] database_url``)
+    wins; else Airflow's metadata database: ``airflow_url`` when the caller runs inside Airflow and
+    passes its ``[database] sql_alchemy_conn`` (Airflow's own config also resolves ``_SECRET`` and
+    its defaults), otherwise read from the environment and airflow.cfg without Airflow
+    (``airflow_database_url``). A non-PostgreSQL URL is a ConfigError.
+    """
+    if configured:
+        return to_libpq_url(configured)
+    if airflow_url is not None:
+        return to_libpq_url(airflow_url) if airflow_url else ""
+    return airflow_database_url(env)
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, airflow_url: str | None = None, **overrides: Any
+) -> Settings:
+    """The settings by the precedence above; ``airflow_url``: see ``resolve_database_url``."""
     env = os.environ if env is None else env
     cfg = _airflow_cfg()
     values: dict[str, Any] = {}
@@ -153,10 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         except ValueError:
             raise ConfigError(f"{f.name}={raw!r} is not a valid {kind.__name__}") from None
     settings = Settings(**values).with_overrides(**overrides)
-    if not settings.database_url:
-        settings = replace(settings, database_url=airflow_database_url(env))
-    else:
-        settings = replace(settings, database_url=to_libpq_url(settings.database_url))
+    settings = replace(settings, database_url=resolve_database_url(settings.database_url, env, airflow_url))
     validate(settings)
     return settings
 
@@ -170,9 +189,16 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def check_schema_name(schema: str) -> str:
+    """``schema`` if it is a lower-case SQL identifier (the one check: it makes the name safe to splice
+    into SQL, see ``runtime_executor.db.gateway.query``); otherwise a ConfigError naming it."""
+    if not _SCHEMA_RE.match(schema):
+        raise ConfigError(f"schema={schema!r} must be a lower-case SQL identifier")
+    return schema
+
+
 def validate(settings: Settings) -> None:
-    if not _SCHEMA_RE.match(settings.schema):
-        raise ConfigError(f"schema={settings.schema!r} must be a lower-case SQL identifier")
+    check_schema_name(settings.schema)
     for name in ("heartbeat_interval", "lease_timeout", "allocator_poll_interval", "runner_poll_interval"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name}={getattr(settings, name)!r} must be > 0")
@@ -229,3 +255,10 @@ def redact_url(url: str) -> str:
     """The URL with any password replaced, safe for logs and error messages."""
     redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
     return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)", r"\1***", redacted)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), password redacted:
+    what a one-line log entry or error message says about a failure."""
+    text = str(exc).strip()
+    return redact_url(text.splitlines()[0] if text else type(exc).__name__)

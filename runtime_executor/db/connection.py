@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import psycopg
 
 from runtime_executor.db.gateway import Gateway
-from runtime_executor.settings import Settings, redact_url
+from runtime_executor.settings import Settings, error_line, redact_url
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -69,7 +69,7 @@ def connect(
             options=session_options(settings, async_commit=async_commit),
         )
     except psycopg.Error as exc:
-        message = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        message = error_line(exc)
         raise DatabaseUnavailable(
             f"cannot connect to {redact_url(settings.database_url)}: {message}"
         ) from None

@@ -8,12 +8,11 @@ shim's insert commits in the scheduler's own transaction). The caller owns the t
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+from runtime_executor.settings import check_schema_name
 
 Row = dict[str, Any]
 
@@ -26,9 +25,7 @@ def _raw_query(name: str) -> str:
 @functools.cache
 def query(name: str, schema: str) -> str:
     """The SQL of ``queries/<name>.sql`` for ``schema`` (validated, so it is safe to splice in)."""
-    if not _SCHEMA_RE.match(schema):
-        raise ValueError(f"schema={schema!r} must be a lower-case SQL identifier")
-    return _raw_query(name).replace("{schema}", f'"{schema}"')
+    return _raw_query(name).replace("{schema}", f'"{check_schema_name(schema)}"')
 
 
 class Gateway:

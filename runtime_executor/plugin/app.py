@@ -32,7 +32,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from runtime_executor.db.connection import Database, DatabaseUnavailable
-from runtime_executor.settings import ConfigError, Settings, load_settings, redact_url, to_libpq_url
+from runtime_executor.settings import ConfigError, Settings, load_settings, redact_url
 from runtime_executor.status import snapshot
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,9 @@ class _StatusReader:
         self._connected = False  # the last read succeeded, so the connection is an old one
 
     def _settings(self) -> Settings:
-        settings = load_settings()
-        if not settings.database_url:
-            from airflow.configuration import conf
+        from airflow.configuration import conf
 
-            settings = settings.with_overrides(
-                database_url=to_libpq_url(conf.get("database", "sql_alchemy_conn"))
-            )
-        return settings
+        return load_settings(airflow_url=conf.get("database", "sql_alchemy_conn"))
 
     def read(self) -> dict[str, Any]:
         if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):

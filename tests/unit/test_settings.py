@@ -10,8 +10,11 @@ from runtime_executor.settings import (
     ConfigError,
     Settings,
     airflow_database_url,
+    check_schema_name,
+    error_line,
     load_settings,
     redact_url,
+    resolve_database_url,
     to_libpq_url,
     validate_fencing,
 )
@@ -225,6 +228,29 @@ def test_airflow_database_url_is_empty_without_any_connection():
     )
 
 
+def test_airflows_own_url_is_used_when_the_caller_passes_it(monkeypatch):
+    """The shim and the status page pass Airflow's ``sql_alchemy_conn`` (from Airflow's config, which
+    also knows ``_SECRET``): it replaces what the environment alone would give, RTX_DATABASE_URL still
+    wins, and a non-PostgreSQL one is refused like any other."""
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql+psycopg://env@h/from_env")
+    from_conf = "postgresql+psycopg://conf:pw@h/from_conf"
+    assert load_settings(airflow_url=from_conf).database_url == "postgresql://conf:pw@h/from_conf"
+    assert load_settings().database_url == "postgresql://env@h/from_env"
+    monkeypatch.setenv("RTX_DATABASE_URL", "postgresql://rtx@h/rtx")
+    assert load_settings(airflow_url=from_conf).database_url == "postgresql://rtx@h/rtx"
+    monkeypatch.delenv("RTX_DATABASE_URL")
+    with pytest.raises(ConfigError, match="sqlite"):
+        load_settings(airflow_url="sqlite:////tmp/airflow.db")
+
+
+def test_resolve_database_url_order():
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://env@h/e"}
+    assert resolve_database_url("postgres://c@h/c", env, "postgresql://a@h/a") == "postgresql://c@h/c"
+    assert resolve_database_url("", env, "postgresql+psycopg://a@h/a") == "postgresql://a@h/a"
+    assert resolve_database_url("", env) == "postgresql://env@h/e"
+    assert resolve_database_url("", {}) == ""
+
+
 # -- validation ----------------------------------------------------------------------------------
 
 
@@ -241,6 +267,18 @@ def test_bad_schema_names_are_refused(schema):
 def test_good_schema_names_are_accepted(monkeypatch, schema):
     monkeypatch.setenv("RTX_SCHEMA", schema)
     assert load_settings().schema == schema
+
+
+@pytest.mark.parametrize("schema", ["Runtime", 'rtx"; DROP TABLE x; --', "r" * 64, ""])
+def test_the_gateway_refuses_a_bad_schema_with_the_same_check(schema):
+    """One check: the SQL of a named query is never built for a name settings would refuse."""
+    from runtime_executor.db.gateway import query
+
+    with pytest.raises(ConfigError, match="must be a lower-case SQL identifier"):
+        check_schema_name(schema)
+    with pytest.raises(ConfigError, match="must be a lower-case SQL identifier"):
+        query("count_by_state", schema)
+    assert '"rtx_2".' in query("count_by_state", check_schema_name("rtx_2"))
 
 
 def test_bad_schema_from_the_environment_is_refused(monkeypatch):
@@ -395,3 +433,10 @@ def test_start_retries_default_and_bounds(monkeypatch):
     monkeypatch.setenv("RTX_START_RETRIES", "-1")
     with pytest.raises(ConfigError, match="start_retries"):
         load_settings()
+
+
+def test_error_line_is_the_first_line_redacted_or_the_type():
+    exc = RuntimeError('connection to "postgresql://u:secret@h/db" failed\nDETAIL: more\nHINT: x')
+    assert error_line(exc) == 'connection to "postgresql://u:***@h/db" failed'
+    assert error_line(RuntimeError("  \n ")) == "RuntimeError"
+    assert error_line(TimeoutError()) == "TimeoutError"
