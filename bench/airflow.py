@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import psutil
 import psycopg
 
-from bench.common import DEFAULT_ADMIN_URL, percentile
+from bench.common import DEFAULT_ADMIN_URL, active_runners, percentile, sql
 from testing.airflow_stack import AirflowStack
 from testing.pgcluster import (
     PgCluster,
@@ -207,7 +207,7 @@ class Deployment:
             # a runner registers once its fork server is warm: as in production, where runners
             # are up long before the DAG runs
             deadline = time.monotonic() + 120
-            while self.sql("select count(*) from runtime_executor.runners where state = 'active'")[0][0] < 2:
+            while active_runners(self.db_url) < 2:
                 if time.monotonic() > deadline:
                     raise RuntimeError("rtx runners did not register in 120 s")
                 time.sleep(0.5)
@@ -359,8 +359,10 @@ class Deployment:
             pickups = [
                 float(p[0])
                 for p in self.sql(
-                    "select extract(epoch from process_started_at - created_at) from runtime_executor.allocations"
-                    " where dag_id=%s and run_id=%s and process_started_at is not null",
+                    sql(
+                        "select extract(epoch from process_started_at - created_at) from {schema}.allocations"
+                        " where dag_id=%s and run_id=%s and process_started_at is not null"
+                    ),
                     (dag_id, run_id),
                 )
             ]

@@ -12,14 +12,40 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from runtime_executor.db.gateway import Gateway, for_schema
 from runtime_executor.db.migrate import migrate
+from runtime_executor.settings import Settings
 from testing.pgcluster import PgCluster, create_database, drop_database, server_answers
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SCHEMA = Settings.schema  # rtx's default: what the daemons a benchmark starts use
+
+
+def sql(text: str) -> str:
+    """A benchmark's own SQL (bulk fixtures by generate_series, checks no component makes) with
+    ``{schema}`` spliced in the gateway's way; whatever a component does goes through ``gateway``."""
+    return for_schema(text, SCHEMA)
 
 
 @contextlib.contextmanager
-def bench_database(schema: str = "runtime_executor") -> Iterator[str]:
+def gateway(url: str) -> Iterator[Gateway]:
+    """The gateway's named queries on a short autocommit connection to the benchmark's database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield Gateway(conn, SCHEMA)
+
+
+def active_runners(url: str) -> int:
+    with gateway(url) as gw:
+        return sum(1 for r in gw.status_runners() if r["state"] == "active")
+
+
+def allocations_in(url: str, state: str) -> int:
+    with gateway(url) as gw:
+        return sum(int(r["count"]) for r in gw.count_by_state() if r["state"] == state)
+
+
+@contextlib.contextmanager
+def bench_database(schema: str = SCHEMA) -> Iterator[str]:
     """A fresh, migrated database; ``$RTX_BENCH_PG_URL`` (admin URL) or the local server or a temporary cluster."""
     admin = os.environ.get("RTX_BENCH_PG_URL", DEFAULT_ADMIN_URL)
     cluster = None

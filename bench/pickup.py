@@ -19,10 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import bench_database, percentile
+from bench.common import active_runners, bench_database, percentile
 from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
-from testing.daemons import Daemons, query, wait_for
+from testing.daemons import Daemons, wait_for
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
             daemons.allocator()
             daemons.runner("--slots", "16", "--cpu", "4", "--memory", "8192", name="bench-runner",
                            fake=False, RTX_TASK_ENTRY="bench.noop_task:run")
-            wait_for(lambda: query(url, "SELECT count(*) FROM runtime_executor.runners WHERE state = 'active'")[0][0],
+            wait_for(lambda: active_runners(url),
                      60, what="runner registration")
             db = Database(Settings(database_url=url), "bench-pickup")
             sent: dict[str, float] = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from allocator.model import Request, RunnerState
 from allocator.strategies import get_strategy
-from bench.common import bench_database
+from bench.common import allocations_in, bench_database, sql
 from testing.daemons import Daemons, query, wait_for
 
 RUNNER = {"slots": 128, "cpu": 64.0, "memory_mb": 262144}
@@ -35,27 +35,27 @@ def throughput(runners: int, requests: int, strategy: str) -> dict:
 
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
-                """INSERT INTO runtime_executor.runners (id, name, hostname, pid, queues, slots, cpu, memory_mb, lease_expires_at)
+                sql("""INSERT INTO {schema}.runners (id, name, hostname, pid, queues, slots, cpu, memory_mb, lease_expires_at)
                    SELECT gen_random_uuid(), 'bench-' || i, 'bench', 0, ARRAY['default'], %(slots)s, %(cpu)s, %(mem)s,
                           clock_timestamp() + interval '1 hour'
-                     FROM generate_series(1, %(n)s) AS i""",
+                     FROM generate_series(1, %(n)s) AS i"""),
                 {"n": runners, "slots": RUNNER["slots"], "cpu": RUNNER["cpu"], "mem": RUNNER["memory_mb"]},
             )
             conn.execute(
-                """INSERT INTO runtime_executor.allocations (id, dag_id, task_id, run_id, try_number, map_index, queue,
+                sql("""INSERT INTO {schema}.allocations (id, dag_id, task_id, run_id, try_number, map_index, queue,
                                                           priority_weight, slots, cpu, memory_mb, workload)
                    SELECT gen_random_uuid(), 'bench', 't' || i, 'r', 1, -1, 'default', 1 + (i %% 3),
                           1, (ARRAY[0, 0.25, 0.5, 1])[1 + i %% 4], (ARRAY[0, 128, 512, 1024, 2048])[1 + i %% 5], '{}'
-                     FROM generate_series(1, %(n)s) AS i""",
+                     FROM generate_series(1, %(n)s) AS i"""),
                 {"n": requests},
             )
-            conn.execute("ANALYZE runtime_executor.allocations")
+            conn.execute(sql("ANALYZE {schema}.allocations"))
         daemons = Daemons(url, work)
         try:
             started = time.time()
             daemons.allocator(ALLOCATOR_STRATEGY=strategy)
             wait_for(
-                lambda: query(url, "SELECT count(*) FROM runtime_executor.allocations WHERE state = 'unassigned'")[0][0] == 0,
+                lambda: allocations_in(url, "unassigned") == 0,
                 600,
                 interval=0.5,
                 what="every request to be placed",
@@ -64,14 +64,16 @@ def throughput(runners: int, requests: int, strategy: str) -> dict:
             daemons.stop_all()
         first, last = query(
             url,
-            "SELECT extract(epoch FROM min(at)), extract(epoch FROM max(at)) FROM runtime_executor.allocation_events"
-            " WHERE to_state = 'assigned'",
+            sql(
+                "SELECT extract(epoch FROM min(at)), extract(epoch FROM max(at)) FROM {schema}.allocation_events"
+                " WHERE to_state = 'assigned'"
+            ),
         )[0]
         over = query(
             url,
-            """SELECT count(*) FROM (SELECT r.id FROM runtime_executor.runners r JOIN runtime_executor.allocations a ON a.runner_id = r.id
+            sql("""SELECT count(*) FROM (SELECT r.id FROM {schema}.runners r JOIN {schema}.allocations a ON a.runner_id = r.id
                 GROUP BY r.id, r.slots, r.cpu, r.memory_mb
-               HAVING sum(a.slots) > r.slots OR sum(a.cpu) > r.cpu + 1e-9 OR sum(a.memory_mb) > r.memory_mb) x""",
+               HAVING sum(a.slots) > r.slots OR sum(a.cpu) > r.cpu + 1e-9 OR sum(a.memory_mb) > r.memory_mb) x"""),
         )[0][0]
     seconds = float(last) - float(first)
     return {

@@ -27,13 +27,13 @@ import psycopg
 import structlog
 
 from allocator.service import PRUNE_BATCH, Allocator
-from bench.common import bench_database, percentile
+from bench.common import bench_database, percentile, sql
 from runtime_executor.settings import Settings
 
 DAY = 86400
 
-FILL = """
-INSERT INTO runtime_executor.allocations
+FILL = sql("""
+INSERT INTO {schema}.allocations
     (id, dag_id, task_id, run_id, queue, slots, cpu, memory_mb, state, reported_state,
      scheduler_job_id, created_at, finished_at)
 SELECT gen_random_uuid(), 'bench', 't' || n, 'r', 'default', 1, 0, 0,
@@ -43,49 +43,51 @@ SELECT gen_random_uuid(), 'bench', 't' || n, 'r', 'default', 1, 0, 0,
        clock_timestamp() - interval '9 days',
        clock_timestamp() - CASE WHEN n %% 10 = 0 THEN interval '8 days' ELSE interval '2 days' END
   FROM generate_series(1, %(rows)s) AS n
-"""
-BACKDATE_EVENTS = "UPDATE runtime_executor.allocation_events SET at = at - interval '2 days'"
+""")
+BACKDATE_EVENTS = sql("UPDATE {schema}.allocation_events SET at = at - interval '2 days'")
 
-RUNNERS = """
-INSERT INTO runtime_executor.runners (id, name, hostname, pid, queues, slots, cpu, memory_mb, lease_expires_at)
+RUNNERS = sql("""
+INSERT INTO {schema}.runners (id, name, hostname, pid, queues, slots, cpu, memory_mb, lease_expires_at)
 SELECT gen_random_uuid(), 'sim-' || n, 'bench', n, ARRAY['default'], 8, 4, 4096,
        clock_timestamp() + interval '1 hour'
   FROM generate_series(1, 50) AS n;
-INSERT INTO runtime_executor.allocations
+INSERT INTO {schema}.allocations
     (id, dag_id, task_id, run_id, queue, slots, cpu, memory_mb, state, runner_id, started_at)
 SELECT gen_random_uuid(), 'bench', 'live', 'r', 'default', 1, 0, 0, 'running', r.id, clock_timestamp()
-  FROM runtime_executor.runners AS r, generate_series(1, 4);
-"""
+  FROM {schema}.runners AS r, generate_series(1, 4);
+""")
 
 # the prune of before issue 11: one statement, one transaction, every table at once
-UNBATCHED = """
+UNBATCHED = sql("""
 WITH gone AS (
-    DELETE FROM runtime_executor.allocations
+    DELETE FROM {schema}.allocations
      WHERE finished_at < clock_timestamp() - make_interval(secs => %(retention)s)
        AND state IN ('succeeded', 'failed', 'lost', 'cancelled')
        AND (reported_state IS NOT DISTINCT FROM state OR state = 'cancelled')
     RETURNING id
 ), events AS (
-    DELETE FROM runtime_executor.allocation_events
+    DELETE FROM {schema}.allocation_events
      WHERE at < clock_timestamp() - make_interval(secs => %(retention)s)
 )
 SELECT count(*) FROM gone
-"""
+""")
 
 
 def _fill(url: str, rows: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(FILL, {"rows": rows})
         conn.execute(BACKDATE_EVENTS)
-        conn.execute("VACUUM ANALYZE runtime_executor.allocations")
-        conn.execute("VACUUM ANALYZE runtime_executor.allocation_events")
+        conn.execute(sql("VACUUM ANALYZE {schema}.allocations"))
+        conn.execute(sql("VACUUM ANALYZE {schema}.allocation_events"))
 
 
 def _expire_one_runner(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "UPDATE runtime_executor.runners SET lease_expires_at = clock_timestamp() - interval '1 s'"
-            " WHERE id = (SELECT id FROM runtime_executor.runners WHERE state = 'active' LIMIT 1)"
+            sql(
+                "UPDATE {schema}.runners SET lease_expires_at = clock_timestamp() - interval '1 s'"
+                " WHERE id = (SELECT id FROM {schema}.runners WHERE state = 'active' LIMIT 1)"
+            )
         )
 
 
@@ -109,8 +111,8 @@ def _summary(values: list[float]) -> str:
 
 def _refill_runners(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM runtime_executor.allocations WHERE task_id = 'live'")
-        conn.execute("DELETE FROM runtime_executor.runners")
+        conn.execute(sql("DELETE FROM {schema}.allocations WHERE task_id = 'live'"))
+        conn.execute(sql("DELETE FROM {schema}.runners"))
         for statement in RUNNERS.split(";")[:2]:
             conn.execute(statement)
 
@@ -152,7 +154,7 @@ def main() -> None:
             total = -batches.pop()
             with psycopg.connect(url, autocommit=True) as conn:
                 left = conn.execute(
-                    "SELECT count(*) FROM runtime_executor.allocations WHERE task_id <> 'live'"
+                    sql("SELECT count(*) FROM {schema}.allocations WHERE task_id <> 'live'")
                 ).fetchone()
             print(
                 f"prune, batched:           {len(batches)} ticks in {total:.2f} s; per tick {_summary(batches)}; left {left[0]}"

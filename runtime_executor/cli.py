@@ -120,7 +120,7 @@ def _set_runner_state(options: dict, name_or_id: str, to_state: str, from_state:
     db_ = Database(settings, "rtx-cli")
     try:
         with db_.transaction() as gw:
-            rows = gw.fetch("find_runner", {"ref": name_or_id})
+            rows = gw.find_live_runners(name_or_id)
             if not rows:
                 fail(f"no live runner named or with id {name_or_id!r}")
             for row in rows:

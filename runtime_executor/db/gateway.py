@@ -22,10 +22,16 @@ def _raw_query(name: str) -> str:
     return resources.files("runtime_executor.db").joinpath("queries", f"{name}.sql").read_text()
 
 
+def for_schema(sql: str, schema: str) -> str:
+    """``sql`` with ``{schema}`` replaced by the quoted ``schema``, validated first so that it is safe
+    to splice in; the one way rtx's SQL (queries, migrations, the benchmarks' fixtures) names it."""
+    return sql.replace("{schema}", f'"{check_schema_name(schema)}"')
+
+
 @functools.cache
 def query(name: str, schema: str) -> str:
-    """The SQL of ``queries/<name>.sql`` for ``schema`` (validated, so it is safe to splice in)."""
-    return _raw_query(name).replace("{schema}", f'"{check_schema_name(schema)}"')
+    """The SQL of ``queries/<name>.sql`` for ``schema``."""
+    return for_schema(_raw_query(name), schema)
 
 
 class Gateway:
@@ -50,13 +56,6 @@ class Gateway:
         try:
             cur.execute(query(name, self.schema), params or {})
             return cur.rowcount
-        finally:
-            cur.close()
-
-    def notify(self, channel: str) -> None:
-        cur = self.conn.cursor()
-        try:
-            cur.execute("SELECT pg_notify(%(channel)s, '')", {"channel": f"{self.schema}.{channel}"})
         finally:
             cur.close()
 
@@ -204,7 +203,16 @@ class Gateway:
     def cancel_requested_on_runner(self, runner_id: str) -> list[str]:
         return [str(r["id"]) for r in self.fetch("cancel_requested_on_runner", {"runner_id": runner_id})]
 
+    # -- rtx runner drain / resume ---------------------------------------------------------------
+    def find_live_runners(self, ref: str) -> list[Row]:
+        """Active or draining runners whose id or name is ``ref`` (a name may be shared)."""
+        return self.fetch("find_runner", {"ref": ref})
+
     # -- status ---------------------------------------------------------------------------------
+    def read_only(self, statement_timeout_ms: int) -> None:
+        """Make the caller's transaction read-only, each statement bounded (the status page)."""
+        self.fetch("read_only_transaction", {"statement_timeout": str(statement_timeout_ms)})
+
     def status_runners(self, recent: float = 300.0) -> list[Row]:
         return self.fetch("status_runners", {"recent": recent})
 

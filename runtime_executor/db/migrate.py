@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from runtime_executor.db.gateway import query
+from runtime_executor.db.gateway import for_schema
+from runtime_executor.settings import check_schema_name
 
 _FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -61,7 +62,7 @@ def current_version(conn, schema: str) -> int:
 
 def migrate(conn, schema: str) -> list[str]:
     """Apply every pending migration; returns the names applied. ``conn`` must be in autocommit mode."""
-    query("claim_unassigned", schema)  # validates the schema name
+    check_schema_name(schema)
     applied: list[str] = []
     with conn.transaction():
         cur = conn.cursor()
@@ -79,7 +80,7 @@ def migrate(conn, schema: str) -> list[str]:
         for version, name, sql in migrations():
             if version in done:
                 continue
-            cur.execute(sql.replace("{schema}", f'"{schema}"'))
+            cur.execute(for_schema(sql, schema))
             cur.execute(
                 f'INSERT INTO "{schema}".schema_migrations (version, name) VALUES (%(v)s, %(n)s)',
                 {"v": version, "n": name},
@@ -112,11 +113,11 @@ def grant(conn, schema: str, kind: str, login: str) -> str:
     """Create (or refresh) the least-privilege group roles and grant ``<schema>_<kind>`` to ``login``."""
     from psycopg import sql
 
-    query("claim_unassigned", schema)  # validates the schema name
+    check_schema_name(schema)
     if kind not in ROLE_KINDS:
         raise ValueError(f"role {kind!r} must be one of {', '.join(ROLE_KINDS)}")
     text = resources.files("runtime_executor.db").joinpath("grants.sql").read_text()
-    text = text.replace("{schema}", f'"{schema}"').replace("{prefix}", schema)
+    text = for_schema(text, schema).replace("{prefix}", schema)
     group = f"{schema}_{kind}"
     with conn.transaction():
         cur = conn.cursor()

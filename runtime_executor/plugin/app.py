@@ -144,8 +144,7 @@ class _StatusReader:
     def _read_once(self, db: Database) -> dict[str, Any]:
         try:
             with db.transaction() as gw:
-                gw.conn.execute("SET TRANSACTION READ ONLY")
-                gw.conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                gw.read_only(STATEMENT_TIMEOUT_MS)
                 return snapshot(gw)
         except Exception:
             # whatever went wrong (server restarted, schema missing), start clean next time

@@ -136,3 +136,21 @@ def test_status_endpoint_read_stays_fast_at_100000_live_allocations(loaded, monk
         f" max {times[-1] * 1000:.0f} ms, {len(body) // 1024} KiB"
     )
     assert times[2] < 1.0, times
+
+
+def test_the_status_read_is_read_only_and_bounded_for_its_transaction_only(db):
+    """The page's reader (``Gateway.read_only``, a named query): nothing in the transaction can
+    write, every statement has the page's timeout, and both end with the transaction."""
+    import psycopg
+
+    with db.transaction() as gw:
+        session_timeout = gw.conn.execute("SHOW statement_timeout").fetchone()[0]
+    assert session_timeout != "1234ms"
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), db.transaction() as gw:
+        gw.read_only(1234)
+        assert gw.conn.execute("SHOW statement_timeout").fetchone()[0] == "1234ms"
+        assert gw.conn.execute("SHOW transaction_read_only").fetchone()[0] == "on"
+        gw.prune_events(0.0, 1)  # any write
+    with db.transaction() as gw:
+        assert gw.conn.execute("SHOW statement_timeout").fetchone()[0] == session_timeout
+        assert gw.conn.execute("SHOW transaction_read_only").fetchone()[0] == "off"
