@@ -1,11 +1,7 @@
 -- rtx schema, version 1. "{schema}" is replaced by the validated, quoted schema name.
 --
--- Allocation life cycle (every change is one guarded UPDATE, see db/queries):
---   unassigned -> assigned -> running -> succeeded | failed
---   unassigned | assigned -> cancelled          (revoked before it ran)
---   running -> lost                             (its runner's lease expired)
---   assigned -> unassigned                      (runner lost or draining before it started the task)
---   unassigned -> failed                        (bad or unschedulable request)
+-- Allocation life cycle: docs/reliability.md, "Allocation life cycle" (the one description;
+-- every change is one guarded statement in db/queries).
 
 CREATE TABLE {schema}.runners (
     id                uuid PRIMARY KEY,
