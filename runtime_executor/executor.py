@@ -34,6 +34,7 @@ from runtime_executor.db.connection import Database, DatabaseUnavailable, connec
 from runtime_executor.db.gateway import Gateway
 from runtime_executor.db.migrate import SchemaMismatch, check_schema
 from runtime_executor.executor_stats import ExecutorStats
+from runtime_executor.failure_log import FailureLogWriter
 from runtime_executor.resources import BadResourceRequest, ResourceRequest, request_from_task
 from runtime_executor.settings import (
     ConfigError,
@@ -135,6 +136,7 @@ class RuntimeExecutor(BaseExecutor):
         self._gate = _OutageGate(self._probe, self.log)
         self._held_rows: dict[Any, dict[str, Any]] = {}  # workloads waiting for rtx's database
         self._pending_cancels: set[str] = set()  # revokes asked for while it was unreachable
+        self._failure_log = FailureLogWriter()  # reasons of rtx-decided failures into task logs
 
     # -- start / stop -----------------------------------------------------------------------------
     @property
@@ -167,6 +169,7 @@ class RuntimeExecutor(BaseExecutor):
         except psycopg.Error as exc:
             raise RuntimeError(f"RuntimeExecutor cannot start: {error_line(exc)}") from None
         self._db = Database(settings, f"rtx-executor:{self.job_id}")
+        self._failure_log.start()
         self.log.info(
             "RuntimeExecutor started (schema %s, %s database)",
             settings.schema,
@@ -184,6 +187,7 @@ class RuntimeExecutor(BaseExecutor):
         self.terminate()
 
     def terminate(self) -> None:
+        self._failure_log.stop()
         self._gate.close()
         if self._db is not None:
             self._db.close()
@@ -436,6 +440,7 @@ class RuntimeExecutor(BaseExecutor):
                 info = row["reason"] or f"allocation {row['id']} {state}"
                 self.fail(key, info=f"rtx: {info}")
                 self._allocation_ids.pop(key, None)
+                self._failure_log.submit(row)  # never blocks or raises (failure_log.py)
         except Exception:  # noqa: BLE001 - left unreported: delivered again by the next sync
             self.log.exception(
                 "RuntimeExecutor could not deliver the outcome of allocation %s", row.get("id")
