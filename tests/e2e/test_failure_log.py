@@ -122,6 +122,26 @@ def test_a_task_that_ran_gets_no_rtx_line(stack, failed_run):
     assert not _rtx_lines(body)
 
 
+def test_every_failed_start_is_in_the_task_log(stack):
+    stack.daemon(
+        "runner-nostart",
+        "runner",
+        "--queue",
+        "nostart",
+        "--name",
+        "runner-nostart",
+        RTX_START_RETRIES="1",
+        RTX_TEST_FAIL_LAUNCHES="10",  # every launch on this runner fails before any task code runs
+    )
+    wait_runners(stack, "runner-nostart")
+    run_id = stack.airflow.trigger("rtx_never_started")
+    assert stack.airflow.wait_for_run("rtx_never_started", run_id, 120) == "failed", stack.logs()
+    _, line = _wait_rtx_line(stack, "rtx_never_started", run_id, "cannot_start")
+    assert "the task did not run: the task never started (2 failed starts)" in line["event"], line
+    assert "attempt 1 (runner " in line["event"] and "attempt 2 (runner " in line["event"]
+    assert "launch refused by RTX_TEST_FAIL_LAUNCHES" in line["event"]
+
+
 def test_lost_runner_reason_is_appended_to_the_task_log(stack):
     doomed = stack.daemon(
         "runner-doomed",

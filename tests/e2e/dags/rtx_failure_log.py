@@ -18,3 +18,6 @@ with DAG("rtx_failure_log", schedule=None, start_date=START, catchup=False):
 
 with DAG("rtx_runner_lost", schedule=None, start_date=START, catchup=False):
     BashOperator(task_id="hangs", bash_command="echo hangs-started; sleep 600", queue="doomed")
+
+with DAG("rtx_never_started", schedule=None, start_date=START, catchup=False):
+    BashOperator(task_id="cannot_start", bash_command="echo never", queue="nostart")
