@@ -7,7 +7,8 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -29,6 +30,7 @@ class TaskCgroup:
     name: str  # relative to the root: rtx-runner-<pid>-<start>/task-<allocation>-<n>
     limits: TaskLimits
     join_files: tuple[str, ...]  # what the task process writes its pid into
+    created: float = field(default_factory=time.monotonic)
 
 
 class Isolation:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from runner.cgroups.isolation import find_backend
 from tests.support.daemons import query, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -153,3 +155,38 @@ def test_strategies_place_as_described_and_never_overrun_a_runner(stack):
                 assert at_once * 1000 <= capacity[runner]
     assert results["EvenSpreadStrategy"] == ["runner-large", "runner-large", "runner-small"]
     assert results["MaxPackingStrategy"] == ["runner-large", "runner-small", "runner-small"]
+
+
+OOM = re.compile(r"killed: out of memory: used (\d+) MB, limit (\d+) MB \(reserved (\d+) MB\)")
+
+
+def test_cgroup_isolation_oom_kills_the_task_over_its_memory_not_its_neighbour(stack, cgroup_root):
+    """--isolation cgroup (docs/isolation.md): a task allocating 5x its reservation is killed by the kernel
+    in its own cgroup while its neighbour on the same runner succeeds, and the reason names the OOM in
+    the task's log (REST API, as the UI reads it) and on the allocation rtx reports to Airflow."""
+    runner = stack.daemon(
+        "runner-isolated", "runner", "--queue", "isolated", "--isolation", "cgroup", "--cgroup-root", cgroup_root,
+        "--slots", "4", "--cpu", "2", "--memory", "2048", "--name", "runner-isolated",
+    )  # fmt: skip
+    wait_for(
+        lambda: query(stack.airflow.database_url, "SELECT 1 FROM runtime_executor.runners WHERE name = 'runner-isolated'"
+                      " AND state = 'active'"),
+        60, what="the isolated runner",
+    )  # fmt: skip
+    run_id, state = _run(stack, "rtx_oom")
+    assert state == "failed", stack.logs()
+    tis = stack.airflow.task_instances("rtx_oom", run_id)
+    assert (tis["hog"]["state"], tis["neighbour"]["state"]) == ("failed", "success"), stack.logs()
+    [(reason, state)] = query(
+        stack.airflow.database_url,
+        "SELECT reason, state FROM runtime_executor.allocations WHERE dag_id = 'rtx_oom' AND task_id = 'hog'",
+    )
+    match = OOM.fullmatch(reason or "")
+    assert state == "failed" and match and match.group(2, 3) == ("220", "200"), reason
+    # the task's log, as the UI reads it, ends with the kernel's verdict
+    log = stack.airflow.task_log("rtx_oom", run_id, "hog")
+    assert "hog-allocating" in log and "hog-survived" not in log
+    assert f"rtx: {reason}" in log, log[-3000:]
+    assert "neighbour-done" in stack.airflow.task_log("rtx_oom", run_id, "neighbour")
+    assert runner.stop() == 0
+    assert find_backend(cgroup_root).children() == []

@@ -4,7 +4,9 @@ The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/
 (``env_dump`` / ``proc_env_dump``: write ``os.environ`` / ``/proc/self/environ`` there as JSON;
 ``"term_grace": 60``: on SIGTERM record ``term`` and carry on that long, as a task whose clean-up
 is slow, so that only the runner's SIGKILL stops it; ``"busy": 3, "busy_procs": 2``: that many
-processes spin on the CPU for that long). Each start
+processes spin on the CPU for that long; ``"orphan_mb": 100, "orphan_pid": "/path"``: leave behind a
+double-forked process, outside the task's process tree, that holds that much memory for a minute and
+writes its pid there). Each start
 appends one line ``start <allocation> <runner> <pid> <unix time>`` (and ``end ...`` on a normal
 exit) to ``record``, so tests can prove every task ran once and never twice at the same time.
 """
@@ -27,6 +29,24 @@ def _record(path: str | None, what: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def _orphan(mb: int, pid_file: str | None) -> None:
+    """A daemon the task forgets: forked twice, so init (not the task) is its parent."""
+    first = os.fork()
+    if first:
+        os.waitpid(first, 0)
+        return
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    ballast = bytearray(mb * 2**20)  # noqa: F841 - held until killed
+    if pid_file:
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pid_file + ".tmp", pid_file)
+    time.sleep(60)
+    os._exit(0)
 
 
 def _spin(seconds: float, procs: int) -> None:
@@ -65,6 +85,8 @@ def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: 
         with open(spec["proc_env_dump"], "w") as f:
             json.dump(started_with, f)
     time.sleep(float(spec.get("sleep", 0)))
+    if spec.get("orphan_mb"):
+        _orphan(int(spec["orphan_mb"]), spec.get("orphan_pid"))
     if spec.get("busy"):
         _spin(float(spec["busy"]), int(spec.get("busy_procs", 1)))
     if spec.get("allocate_mb"):
