@@ -161,7 +161,7 @@ def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, 
 
     # systemd watchdog: renewed only while every loop is alive and recently succeeded
     healthy = loops_healthy(
-        [runner.work, runner.heartbeat, runner.reaper, runner.usage.loop, runner.listener.loop],
+        runner.loops,
         stale_after=3 * settings.lease_timeout,
     )
     serve_until_signal(start, stop, healthy)

@@ -22,7 +22,10 @@ Memory over the reservation (an allocation with ``memory_mb`` > 0):
   is stopped through the runner's ordinary stop path, with a reason that says why.
 
 It also caches the kernel's OOM-kill counter of the runner's cgroup, so that the exit of a task the
-kernel killed can be explained as "likely out of memory" (see ``runner.service.describe_exit``).
+kernel killed can be explained as "likely out of memory" (see ``runner.reaper.describe_exit``).
+
+The sampler knows the runner only through what it is handed: a view of the running tasks (their
+``TaskHandle`` snapshots, runner.tasks), the stop path, and the metrics.
 """
 
 from __future__ import annotations
@@ -33,19 +36,21 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 import structlog
 
+from runner.tasks import TaskHandle
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Loop
 from runtime_executor.settings import Settings, _airflow_cfg
 
 if TYPE_CHECKING:
-    from runner.service import Runner, TaskHandle
+    from runner.metrics import RunnerMetrics
 
 log = structlog.get_logger("rtx.runner")
 
@@ -222,12 +227,27 @@ def append_task_log(log_path: str, level: str, event: str, **fields: Any) -> boo
 # -- the loop ----------------------------------------------------------------------------------
 
 
+class RunningTaskView(Protocol):
+    def handles(self) -> list[TaskHandle]:
+        """A snapshot of the running tasks' handles."""
+        ...
+
+
 class UsageMonitor:
-    def __init__(self, runner: Runner, settings: Settings, application_name: str) -> None:
-        self.runner = runner
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        tasks: RunningTaskView,
+        stop: Callable[[str, str], None],
+        metrics: RunnerMetrics,
+    ) -> None:
         self.settings = settings
         self.sampler = TreeSampler()
-        self._db = Database(settings, application_name + "-usage")
+        self._db = db  # its own connection: a slow sample or statement never delays starts
+        self._tasks = tasks
+        self._stop = stop  # (allocation_id, reason): the runner's ordinary stop path
+        self._metrics = metrics
         self.loop = Loop("usage", self.tick, settings.usage_interval)
         self.oom_kills: int | None = oom_kills()
 
@@ -235,11 +255,10 @@ class UsageMonitor:
         self.loop.start()
 
     def stop(self) -> None:
-        self.loop.stop()
-        self._db.close()
+        self.loop.stop()  # the runner, which opened its connection, closes it
 
     def tick(self) -> bool:
-        handles = self.runner.task_handles()
+        handles = self._tasks.handles()
         samples = self.sampler.sample({h.allocation_id: h.pid for h in handles if h.pid})
         self.oom_kills = oom_kills()
         used_cpu = used_mb = 0.0
@@ -255,7 +274,7 @@ class UsageMonitor:
             rows.append((handle.allocation_id, handle.runner_id, usage.cpu_percent, usage.rss_mb))
             if handle.memory_mb > 0 and usage.rss_mb > handle.memory_mb:
                 self._over_reservation(handle, usage)
-        self.runner.metrics.set_used(used_cpu, used_mb)
+        self._metrics.set_used(used_cpu, used_mb)
         if rows:
             with self._db.statements() as gw:
                 gw.update_usage(*zip(*rows, strict=True))
@@ -266,7 +285,7 @@ class UsageMonitor:
         limit = handle.memory_mb * (1 + margin / 100.0)
         if not handle.memory_warned:
             handle.memory_warned = True
-            self.runner.metrics.memory_exceeded.labels(self.runner.metrics.runner, "warned").inc()
+            self._metrics.memory_exceeded.labels(self._metrics.runner, "warned").inc()
             event = (
                 f"rtx: this task uses {usage.rss_mb} MB of memory, more than its reservation of "
                 f"{handle.memory_mb} MB; reserve more (executor_config / resources) or use less"
@@ -290,7 +309,7 @@ class UsageMonitor:
                 f"task used {usage.rss_mb} MB, over its memory reservation of {handle.memory_mb} MB "
                 f"(+{margin:g}%); stopped by --enforce-memory"
             )
-            self.runner.metrics.memory_exceeded.labels(self.runner.metrics.runner, "stopped").inc()
+            self._metrics.memory_exceeded.labels(self._metrics.runner, "stopped").inc()
             if handle.log_path:
                 append_task_log(handle.log_path, "error", f"rtx: {reason}")
-            self.runner._stop(handle.allocation_id, reason)
+            self._stop(handle.allocation_id, reason)

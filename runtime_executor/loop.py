@@ -4,6 +4,8 @@
 
 A tick runs when the loop is woken (``wake()``, called by the ``Listener`` on a NOTIFY or by another
 loop), or when ``interval`` has passed without a wake-up (the slow poll that covers a lost NOTIFY).
+A loop that has a last step (the runner's drain) calls ``stop()`` from its own tick; its owner
+waits for that with ``join()``.
 A tick that returns True has more work at hand and runs again at once. A tick that raises is logged
 and retried with exponential backoff; database outages therefore never kill a daemon, they only
 slow a loop down until the database is back.
@@ -61,6 +63,11 @@ class Loop:
         self._stopping.set()
         self._woken.set()
         if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the loop has ended (one whose tick calls ``stop()`` when its work is done)."""
+        if self._thread is not None:
             self._thread.join(timeout)
 
     @property

@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 
 
 # Seconds before its local lease ends by which a cut-off runner has SIGKILLed its tasks' trees: covers
-# the reaper's wake-up and the kill itself (runner.service, "Lease and fencing").
+# the reaper's wake-up and the kill itself (runner.lease).
 FENCE_MARGIN = 1.0
 
 
