@@ -67,14 +67,3 @@ def serve_metrics(metrics: DaemonMetrics, host: str, port: int) -> None:
     """Start the daemon's ``/metrics`` server when a port is configured."""
     if port:
         metrics.serve(host, port)
-
-
-def __getattr__(name: str) -> Any:
-    # Transitional: runner/service.py (being split by concern meanwhile) still imports RunnerMetrics
-    # from here; remove this once it imports runner.metrics. Lazy, so the shared package never
-    # imports the runner.
-    if name == "RunnerMetrics":
-        from runner.metrics import RunnerMetrics
-
-        return RunnerMetrics
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
