@@ -13,8 +13,8 @@ Who writes what:
 
 Where: the file the log reader reads for that try, rendered by Airflow's own ``FileTaskHandler``
 (the DAG run's log filename template), under its ``base_log_folder``. When a remote task log is
-configured (``airflow.logging_config.get_remote_task_log()``) and the file was created here, it is
-also uploaded through it, so the UI finds it with remote logging too. One JSON line per failure in
+configured (``airflow.logging_config.get_remote_task_log()``), the file is also uploaded through it, so the
+UI finds it with remote logging too. One JSON line per failure in
 the shape the task supervisor writes, so the UI renders it like any other line.
 
 States of an entry: ``pending`` (queued by ``sync()``) -> ``written`` | ``dropped``.
@@ -169,8 +169,8 @@ class FailureLogWriter:
             handler = _file_task_handler()
             relative = handler._render_filename(ti, int(row["try_number"]), session=session)
             path = Path(handler.local_base, relative)
-            created = _append(path, log_line(row).encode())
-            _upload(path, ti, created)
+            _append(path, log_line(row).encode())
+            _upload(path, ti)
         self.written += 1
         log.info("failure reason written into the task's log", allocation_id=str(row["id"]), path=str(path))
         return path
@@ -204,36 +204,28 @@ def _file_task_handler() -> Any:
     return FileTaskHandler(base_log_folder=conf.get("logging", "base_log_folder"))
 
 
-def _append(path: Path, line: bytes) -> bool:
-    """One O_APPEND write (never interleaved with another writer's lines); True if it created the file."""
+def _append(path: Path, line: bytes) -> None:
+    """One O_APPEND write (never interleaved with another writer's lines)."""
     from airflow.configuration import conf
 
     folder_mode = int(conf.get("logging", "file_task_handler_new_folder_permissions", fallback="0o775"), 8)
     file_mode = int(conf.get("logging", "file_task_handler_new_file_permissions", fallback="0o664"), 8)
     path.parent.mkdir(mode=folder_mode, parents=True, exist_ok=True)
-    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode)
     try:
         os.write(fd, line)
     finally:
         os.close(fd)
-    return created
 
 
-def _upload(path: Path, ti: Any, created: bool) -> None:
-    """Through Airflow's remote task log, when one is configured.
+def _upload(path: Path, ti: Any) -> None:
+    """Through Airflow's remote task log, when one is configured, as the task supervisor uploads.
 
-    Only a file created here: remote stores append what is uploaded to what they hold, so uploading
-    a file the task wrote (and perhaps uploaded) already would store its lines twice."""
+    Also a file that existed (a lost task's, on this host): Airflow's remote logs append what an
+    upload brings to what they hold and then empty or delete the local copy (S3RemoteLogIO), so
+    the local file holds only lines not uploaded yet and nothing is stored twice."""
     from airflow.logging_config import get_remote_task_log
 
     remote = get_remote_task_log()
-    if remote is None:
-        return
-    if not created:
-        log.warning(
-            "task log existed before rtx wrote the failure reason; not uploaded to the remote log",
-            path=str(path),
-        )
-        return
-    remote.upload(path, ti)
+    if remote is not None:
+        remote.upload(path, ti)
