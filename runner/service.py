@@ -83,7 +83,9 @@ class Runner:
             stop_all=self.reaper.stop_all,
             wake_work=self._wake_work,
         )
-        self.usage = UsageMonitor(settings, self._usage_db, self.tasks, self.reaper.stop, self.metrics)
+        self.usage = UsageMonitor(
+            settings, self._usage_db, self.tasks, self.reaper.stop, self.metrics, isolation=isolation
+        )
         self.starts = TaskStarts(
             settings,
             self._work_db,

@@ -10,7 +10,11 @@ everything under it: Airflow's supervisor, the task it forks, whatever that star
   pages Airflow's supervisor and its forked task share are counted once, not twice as a plain sum
   of RSS would; where PSS cannot be read, the sum of RSS.
 
-and writes them, with the peak memory seen, onto every running allocation in ONE statement
+With ``--isolation cgroup`` the same figures are read from each task's own cgroup instead
+(``runner.cgroups.sampler``): CPU time, the working set (charged memory less inactive page cache)
+and the kernel's peak; exact, cheaper, and counting a process that left the task's tree.
+
+It writes them, with the peak memory seen, onto every running allocation in ONE statement
 (``update_usage``, guarded by runner and state). The loop has its own connection and thread, so a
 slow sample or a slow database never delays task starts.
 
@@ -44,12 +48,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 import structlog
 
+from runner.cgroups.sampler import CgroupSampler
 from runner.tasks import TaskHandle
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Loop
 from runtime_executor.settings import Settings, _airflow_cfg
 
 if TYPE_CHECKING:
+    from runner.cgroups import Isolation
     from runner.metrics import RunnerMetrics
 
 log = structlog.get_logger("rtx.runner")
@@ -62,6 +68,7 @@ _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 class Usage:
     cpu_percent: float
     rss_mb: int
+    peak_mb: int | None = None  # the kernel's peak, where usage comes from a cgroup
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -241,9 +248,12 @@ class UsageMonitor:
         tasks: RunningTaskView,
         stop: Callable[[str, str], None],
         metrics: RunnerMetrics,
+        isolation: Isolation | None = None,
     ) -> None:
         self.settings = settings
         self.sampler = TreeSampler()
+        # --isolation cgroup: each task's own cgroup, exact and counting what left its process tree
+        self.cgroup_sampler = CgroupSampler(isolation) if isolation is not None else None
         self._db = db  # its own connection: a slow sample or statement never delays starts
         self._tasks = tasks
         self._stop = stop  # (allocation_id, reason): the runner's ordinary stop path
@@ -259,7 +269,7 @@ class UsageMonitor:
 
     def tick(self) -> bool:
         handles = self._tasks.handles()
-        samples = self.sampler.sample({h.allocation_id: h.pid for h in handles if h.pid})
+        samples = self._sample(handles)
         self.oom_kills = oom_kills()
         used_cpu = used_mb = 0.0
         rows: list[tuple[str, str, float, int]] = []
@@ -270,7 +280,7 @@ class UsageMonitor:
             used_cpu += usage.cpu_percent
             used_mb += usage.rss_mb
             handle.rss_mb = usage.rss_mb
-            handle.peak_rss_mb = max(handle.peak_rss_mb or 0, usage.rss_mb)
+            handle.peak_rss_mb = max(handle.peak_rss_mb or 0, usage.rss_mb, usage.peak_mb or 0)
             rows.append((handle.allocation_id, handle.runner_id, usage.cpu_percent, usage.rss_mb))
             if handle.memory_mb > 0 and usage.rss_mb > handle.memory_mb:
                 self._over_reservation(handle, usage)
@@ -279,6 +289,13 @@ class UsageMonitor:
             with self._db.statements() as gw:
                 gw.update_usage(*zip(*rows, strict=True))
         return False
+
+    def _sample(self, handles: list[TaskHandle]) -> dict[str, Usage]:
+        if self.cgroup_sampler is None:
+            return self.sampler.sample({h.allocation_id: h.pid for h in handles if h.pid})
+        cgroups = {h.allocation_id: h.cgroup for h in handles if h.cgroup is not None}
+        read = self.cgroup_sampler.sample(cgroups)
+        return {key: Usage(u.cpu_percent, u.rss_mb, u.peak_mb) for key, u in read.items()}
 
     def _over_reservation(self, handle: TaskHandle, usage: Usage) -> None:
         margin = self.settings.memory_margin

@@ -217,6 +217,45 @@ def test_a_task_over_its_limit_is_oom_killed_while_its_neighbour_finishes(db, da
     assert _root_children(cgroup_root) == []
 
 
+def _usage(db_url: str, allocation_id: str) -> tuple:
+    return query(
+        db_url,
+        "SELECT state, cpu_percent, rss_mb, peak_rss_mb FROM runtime_executor.allocations WHERE id = %(a)s",
+        {"a": allocation_id},
+    )[0]
+
+
+def test_usage_is_the_cgroups_and_a_daemon_the_task_forgot_dies_with_it(db, daemons, tmp_path, cgroup_root):
+    daemons.allocator(**FAST)
+    daemons.runner(
+        "--isolation", "cgroup", "--cgroup-root", cgroup_root, name="r1", RTX_USAGE_INTERVAL="0.3", **FAST
+    )  # fmt: skip
+    wait_runners(daemons.db_url, 1)
+    # the task holds 10 MB itself; a double-forked daemon outside its process tree holds 120 MB more
+    pid_file = tmp_path / "orphan.pid"
+    [task] = insert_allocations(
+        db,
+        1,
+        workload={"orphan_mb": 120, "orphan_pid": str(pid_file), "allocate_mb": 10, "hold": 3},
+        memory_mb=400,
+    )
+    row = wait_for(lambda: (u := _usage(daemons.db_url, task))[2] is not None and u[2] >= 125 and u, 15,
+                   what="the cgroup's memory (task and daemon) on the allocation")  # fmt: skip
+    assert row[0] == "running" and row[3] >= row[2] and row[1] is not None
+    orphan = int(pid_file.read_text())
+    assert _alive(orphan)
+    assert wait_states(daemons.db_url, [task], DONE, timeout=20) == {task: "succeeded"}
+    wait_for(lambda: not _alive(orphan), 10, what="the forgotten daemon to die with its cgroup")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has died; only its parent has not read its exit yet
+
+
 def test_a_crashed_runners_cgroups_are_removed_by_the_next_runner(db, daemons, cgroup_root):
     daemons.allocator(**FAST)
     crashed = daemons.runner("--isolation", "cgroup", "--cgroup-root", cgroup_root, name="r1", **FAST)
