@@ -148,6 +148,17 @@ def test_unconvertible_value_in_airflow_cfg_is_a_config_error(write_cfg):
         load_settings()
 
 
+def test_isolation_settings_from_airflow_cfg_and_environment(monkeypatch, write_cfg):
+    write_cfg("[runtime_executor]\nisolation = cgroup\ncgroup_root = /rtx\n")
+    monkeypatch.setenv("AIRFLOW__RUNTIME_EXECUTOR__CPU_LIMIT", "true")
+    settings = load_settings()
+    assert (settings.isolation, settings.cgroup_root, settings.cpu_limit) == ("cgroup", "/rtx", True)
+    assert load_settings(isolation="none").isolation == "none"  # the flag wins
+    monkeypatch.setenv("RTX_ISOLATION", "docker")
+    with pytest.raises(ConfigError, match="isolation='docker' must be one of none, cgroup"):
+        load_settings()
+
+
 # -- database URL --------------------------------------------------------------------------------
 
 
