@@ -12,6 +12,14 @@ The runner process never imports Airflow, so the server runs in a child interpre
 (``python -m runner.log_server``), owned by the runner: started once the runner is registered,
 restarted with backoff if it dies, stopped after the drain (so logs stay readable while tasks
 finish), and killed by the kernel if the runner dies first (``PR_SET_PDEATHSIG``).
+
+The child's state, as the runner's ``Loop`` ("log-server") sees it every POLL seconds:
+
+    running --exited on its own--> waiting (1 s, doubling to 60 s; back to 1 s after 60 s up)
+    waiting --delay over--> running (a spawn that fails is retried with the loop's backoff)
+    any --stop()--> stopped (the loop first, so nothing is spawned after; then SIGTERM, SIGKILL)
+
+The server's own blocking ``serve_forever`` runs in the child, under Airflow's code.
 """
 
 from __future__ import annotations
@@ -23,27 +31,29 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import structlog
 
 from runner.task_entry import PRIVATE_ENV
+from runtime_executor.loop import Loop
 
 log = structlog.get_logger("rtx.runner")
 
 MAX_RESTART_DELAY = 60.0
+POLL = 1.0  # seconds between looks at the child
 
 
 class LogServer:
-    """The child process and a thread that restarts it if it exits on its own."""
+    """The child process and a loop that restarts it if it exits on its own."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port
         self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._started = 0.0
+        self._delay = 1.0  # before the next restart
+        self._restart_at: float | None = None  # set while waiting to restart
+        self._loop = Loop("log-server", self._tick, POLL, max_backoff=MAX_RESTART_DELAY)
 
     @property
     def pid(self) -> int | None:
@@ -51,8 +61,7 @@ class LogServer:
 
     def start(self) -> LogServer:
         self._spawn()
-        self._thread = threading.Thread(target=self._watch, name="log-server", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
     def _spawn(self) -> None:
@@ -60,40 +69,29 @@ class LogServer:
         if self.port is not None:
             argv += ["--port", str(self.port)]
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            # stdout/stderr: the runner's own (journal or supervisor log)
-            self._proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        # stdout/stderr: the runner's own (journal or supervisor log)
+        self._proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        self._started, self._restart_at = time.monotonic(), None
         log.info(
             "log server started", pid=self._proc.pid, port=self.port or "[logging] worker_log_server_port"
         )
 
-    def _watch(self) -> None:
-        delay = 1.0
-        while not self._stopping.is_set():
-            proc = self._proc
-            if proc is None:
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._restart_at is None:
+            code = self._proc.poll() if self._proc is not None else None
+            if code is None:
                 return
-            started = time.monotonic()
-            code = proc.wait()
-            if self._stopping.is_set():
-                return
-            if time.monotonic() - started > MAX_RESTART_DELAY:
-                delay = 1.0
-            log.error("log server exited; restarting it", exit_code=code, retry_in=delay)
-            if self._stopping.wait(delay):
-                return
-            delay = min(MAX_RESTART_DELAY, delay * 2)
-            try:
-                self._spawn()
-            except OSError:
-                log.exception("could not restart the log server")
+            if now - self._started > MAX_RESTART_DELAY:
+                self._delay = 1.0
+            log.error("log server exited; restarting it", exit_code=code, retry_in=self._delay)
+            self._restart_at, self._delay = now + self._delay, min(MAX_RESTART_DELAY, self._delay * 2)
+        if now >= self._restart_at:
+            self._spawn()  # an OSError: the loop logs it and retries with backoff
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            self._stopping.set()
-            proc = self._proc
+        self._loop.stop(timeout)
+        proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
@@ -101,8 +99,6 @@ class LogServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        if self._thread is not None:
-            self._thread.join(timeout)
         log.info("log server stopped")
 
 

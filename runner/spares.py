@@ -7,6 +7,9 @@ that pipe (microseconds), and a replacement spare is forked in the background. T
 holds the task's token) travels over the pipe, never argv.
 
 A spare whose runner dies sees EOF on its pipe and exits; it never runs anything unasked.
+
+The pool is refilled by a ``Loop`` ("spares"): woken by every launch, and once a second besides; a
+fork that fails is retried with the loop's backoff (a launch forks on demand meanwhile).
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ import multiprocessing.connection
 import threading
 from dataclasses import dataclass
 
-import structlog
-
 from runner import task_entry
-
-log = structlog.get_logger("rtx.runner")
+from runtime_executor.loop import Loop
 
 # multiprocessing is not thread-safe here: Process.start() polls every live child it knows (its
 # _cleanup), and a child's exit code is read once from the fork server's pipe. Two threads polling
@@ -51,21 +51,21 @@ class SparePool:
         self._ctx.set_forkserver_preload(task_entry.preload_modules())
         self._spares: list[Spare] = []
         self._lock = threading.Lock()
-        self._refill_needed = threading.Event()
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._refill = Loop("spares", self._fill, 1.0)
         # Only this process holds the writing end; spares and tasks see EOF when the runner dies.
         self._runner_alive_r, self._runner_alive_w = self._ctx.Pipe(duplex=False)
 
     def start(self) -> None:
         """Fork the first spares now: the fork server's imports happen here, not on the first task."""
         self._fill()
-        self._thread = threading.Thread(target=self._refill_loop, name="spares", daemon=True)
-        self._thread.start()
+        self._refill.start()
 
     def _fork(self) -> Spare:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=task_entry.wait_and_run, args=(parent_conn, self._runner_alive_r), name="rtx-task-spare")
+        process = self._ctx.Process(
+            target=task_entry.wait_and_run, args=(parent_conn, self._runner_alive_r), name="rtx-task-spare"
+        )
         with PROCESS_LOCK:
             process.start()
             multiprocessing.process._children.discard(process)  # see PROCESS_LOCK
@@ -81,15 +81,6 @@ class SparePool:
             with self._lock:
                 self._spares.append(spare)
 
-    def _refill_loop(self) -> None:
-        while not self._closed:
-            self._refill_needed.wait(1.0)
-            self._refill_needed.clear()
-            try:
-                self._fill()
-            except Exception:  # noqa: BLE001 - a failed fork is retried; start() forks on demand anyway
-                log.exception("could not fork a spare task process")
-
     def launch(self, entry: str, workload_json: str, env: dict[str, str], server: str | None, title: str):
         """Hand one task to a spare (or a freshly forked process) and return its process."""
         with self._lock:
@@ -98,12 +89,12 @@ class SparePool:
             spare = self._fork()
         spare.conn.send((entry, workload_json, env, server, title))
         spare.conn.close()
-        self._refill_needed.set()
+        self._refill.wake()
         return spare.process
 
     def close(self) -> None:
         self._closed = True
-        self._refill_needed.set()
+        self._refill.stop()  # waits for a fork under way: no spare is added after the list is taken
         with self._lock:
             spares, self._spares = self._spares, []
         for spare in spares:
