@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from runtime_executor.loop import Loop
 from runtime_executor.notify import Notifier
 
 log = structlog.get_logger("rtx.daemon")
@@ -41,43 +42,44 @@ def serve_until_signal(
     signal.signal(signal.SIGINT, _handler)
     start()
     notifier.ready("serving")
-    stopped = threading.Event()
     interval = notifier.watchdog_interval
-    if interval is not None:
-        threading.Thread(
-            target=_watchdog, args=(notifier, healthy, interval, stopped), name="watchdog", daemon=True
-        ).start()
+    watchdog = Watchdog(notifier, healthy, interval).loop.start() if interval is not None else None
+    # not a background loop: the main thread waits for the signal (Python runs its handlers only here)
     while not stop_requested.wait(0.5):
         pass
     notifier.stopping("stopping: finishing current work")
     try:
         stop()
     finally:
-        stopped.set()
+        if watchdog is not None:
+            watchdog.stop()
 
 
-def _watchdog(
-    notifier: Notifier, healthy: Callable[[], bool] | None, interval: float, stopped: threading.Event
-) -> None:
-    was_healthy = True
-    while True:
+class Watchdog:
+    """``WATCHDOG=1`` every ``interval`` seconds while ``healthy()`` holds (a ``Loop``, "watchdog")."""
+
+    def __init__(self, notifier: Notifier, healthy: Callable[[], bool] | None, interval: float) -> None:
+        self._notifier = notifier
+        self._healthy = healthy
+        self._was_healthy = True
+        self.loop = Loop("watchdog", self._tick, interval)
+
+    def _tick(self) -> None:
         try:
-            ok = healthy is None or bool(healthy())
+            ok = self._healthy is None or bool(self._healthy())
         except Exception:  # noqa: BLE001 - a failing check means "not healthy", never a dead watchdog
             log.exception("health check failed")
             ok = False
         if ok:
-            notifier.watchdog()
-        if ok != was_healthy:
+            self._notifier.watchdog()
+        if ok != self._was_healthy:
             if ok:
                 log.info("daemon healthy again; watchdog renewed")
-                notifier.status("serving")
+                self._notifier.status("serving")
             else:
                 log.error("daemon unhealthy; not renewing the systemd watchdog")
-                notifier.status("unhealthy: not renewing the watchdog")
-            was_healthy = ok
-        if stopped.wait(interval):
-            return
+                self._notifier.status("unhealthy: not renewing the watchdog")
+            self._was_healthy = ok
 
 
 def loops_healthy(loops: Iterable[Any], stale_after: float) -> Callable[[], bool]:
