@@ -20,7 +20,7 @@ from collections.abc import Callable, MutableMapping
 
 import psutil
 
-from runner.cgroups.join import JOIN_KEY, join
+from runner.cgroups.join import JOIN_KEY, join, kill_members
 
 DEFAULT_ENTRY = "runner.task_process:run"
 
@@ -94,23 +94,26 @@ def wait_and_run(conn, runner_alive) -> None:
         except OSError as exc:
             _record_error(env.get("RTX_ALLOCATION_ID"), RuntimeError(f"could not join its cgroup: {exc}"))
             raise SystemExit(1) from None
-    _watch_runner(runner_alive)
+    _watch_runner(runner_alive, cgroup)
     run(entry, workload_json, env, server, proctitle)
 
 
-def _watch_runner(runner_alive) -> None:
+def _watch_runner(runner_alive, cgroup: str | None = None) -> None:
     """Kill this task's whole process tree when the runner process dies.
 
     ``runner_alive`` is the read end of a pipe whose only writer is the runner: EOF means the runner
     is gone (SIGKILL, crash). Its tasks must die with it, or they would keep running while the
     allocator declares them lost and Airflow retries them elsewhere: a task twice at once.
     Airflow's supervisor puts the task in a process group of its own, so the tree is walked, not
-    just this process group.
+    just this process group. With ``--isolation cgroup`` (``cgroup``: the files it joined) every
+    process in the task's cgroup dies too, even one that left the tree.
     """
 
     def watch() -> None:
         with contextlib.suppress(EOFError, OSError):
             runner_alive.recv()
+        if cgroup:
+            kill_members(cgroup)
         kill_tree(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="rtx-runner-watch", daemon=True).start()

@@ -30,7 +30,8 @@ Life of a task cgroup
 
 Failure cases: controller missing, not writable, v2 root with other processes (controllers cannot be
 delegated): ``open_isolation`` raises ``CgroupError`` with one line that names what is missing and how
-to fix it, and the runner refuses to start. Runner killed: its tasks die (``task_entry``'s watcher) and
+to fix it, and the runner refuses to start. Runner killed: its tasks die (``task_entry``'s watcher
+kills every process in the task's cgroup, not only its tree) and
 the next runner on the same root removes the directory of the dead one (``sweep_stale``), killing any
 survivor first: tasks of a dead runner must not run on.
 

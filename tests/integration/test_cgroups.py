@@ -256,16 +256,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has died; only its parent has not read its exit yet
 
 
-def test_a_crashed_runners_cgroups_are_removed_by_the_next_runner(db, daemons, cgroup_root):
+def test_a_crashed_runners_tasks_die_whole_and_its_cgroups_go_with_the_next_runner(
+    db, daemons, tmp_path, cgroup_root
+):
     daemons.allocator(**FAST)
     crashed = daemons.runner("--isolation", "cgroup", "--cgroup-root", cgroup_root, name="r1", **FAST)
     wait_runners(daemons.db_url, 1)
-    [task] = insert_allocations(db, 1, workload={"sleep": 30})
-    wait_for(lambda: query(daemons.db_url, "SELECT pid FROM runtime_executor.allocations WHERE id = %(a)s AND state"
-                           " = 'running' AND pid IS NOT NULL", {"a": task}), 15, what="the task running")  # fmt: skip
+    pid_file = tmp_path / "orphan.pid"  # a daemon the task double-forked: in its cgroup, not its tree
+    [task] = insert_allocations(
+        db, 1, workload={"orphan_mb": 1, "orphan_pid": str(pid_file), "allocate_mb": 1, "hold": 30}
+    )
+    wait_for(pid_file.exists, 15, what="the task's daemon")
+    orphan = int(pid_file.read_text())
     [left] = _root_children(cgroup_root)
     assert find_backend_children(cgroup_root, left)  # its task's cgroup
-    crashed.kill()  # SIGKILL: no drain, no clean-up
+    crashed.kill()  # SIGKILL of the runner's process group: no drain, no clean-up; the daemon is not in it
+    # the task process saw its runner go and killed everything in its cgroup, the daemon too
+    wait_for(lambda: not _alive(orphan), 10, what="the task's daemon to die with its runner")
     assert _root_children(cgroup_root) == [left]
     fresh = daemons.runner("--isolation", "cgroup", "--cgroup-root", cgroup_root, name="r2", **FAST)
     wait_for(lambda: left not in _root_children(cgroup_root), 30, what="the crashed runner's cgroups swept")
