@@ -4,6 +4,11 @@
 daemon only); ``restore()`` lets connections through again. ``cut(hang=True)`` is a host that
 vanished instead of one that refuses: new connections are accepted and then never answered, so a
 client waits for its own connect timeout (``restore()`` closes them).
+
+``bind`` puts the listener on another local address (the host side of a network namespace's link,
+``testing/netns.py``); ``keepalive=(idle, interval, count)`` probes each accepted connection the
+way Postgres probes its clients (rtx's ``tcp_keepalives_*``), so a client behind a dead link is
+dropped on the server side too instead of being held open by the proxy.
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        bind: str = "127.0.0.1",
+        keepalive: tuple[int, int, int] | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
+        self.host = bind
+        self._keepalive = keepalive
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind((bind, 0))
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -45,6 +59,12 @@ class TcpProxy:
                 else:
                     client.close()  # refused while cut
                 continue
+            if self._keepalive is not None:
+                idle, interval, count = self._keepalive
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
