@@ -124,10 +124,21 @@ class MultiHost:
             return rows[0][0] if rows and rows[0][0] in ("success", "failed") else None
 
         try:
-            return wait_for(final, timeout=timeout, interval=0.5, what=f"run {dag_id}/{run_id} to finish")
+            state = wait_for(final, timeout=timeout, interval=0.5, what=f"run {dag_id}/{run_id} to finish")
         except BaseException:
             print(self.logs())
             raise
+        if state != "success":
+            print(
+                query(
+                    self.url,
+                    "SELECT task_id, map_index, try_number, state, reason FROM runtime_executor.allocations"
+                    " WHERE dag_id = %(d)s AND run_id = %(r)s",
+                    {"d": dag_id, "r": run_id},
+                )
+            )
+            print(self.logs())
+        return state
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         """The REST API, asked again when a loaded machine makes it time out."""
