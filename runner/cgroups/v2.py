@@ -30,6 +30,7 @@ class V2(Backend):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.moved_self = False  # the runner moved itself into <runner dir>/runner (see prepare)
+        self._own_dir: str | None = None  # that runner dir, whose cgroup.kill would kill the runner
 
     @classmethod
     def find(cls, mounts: list[Mount], own: dict[str, str], root: str | None) -> V2 | None:
@@ -73,6 +74,7 @@ class V2(Backend):
             self.mkdir(f"{runner_dir}/{RUNNER_LEAF}", exist_ok=True)
             self._write(self.root / runner_dir / RUNNER_LEAF / "cgroup.procs", str(os.getpid()))
             self.moved_self = True
+            self._own_dir = runner_dir
         enable = " ".join(f"+{c}" for c in REQUIRED)
         for d in (self.root, self.root / runner_dir):
             try:
@@ -108,7 +110,10 @@ class V2(Backend):
 
     def kill(self, name: str) -> None:
         kill_file = self.root / name / "cgroup.kill"  # 5.14+: the whole subtree at once, no race with forks
-        if name and kill_file.exists() and not (self.moved_self and os.getpid() in self.pids(name)):
+        holds_runner = self._own_dir is not None and (
+            name == self._own_dir or name.startswith(f"{self._own_dir}/{RUNNER_LEAF}")
+        )
+        if name and kill_file.exists() and not holds_runner:
             try:
                 write(kill_file, "1")
                 return
