@@ -45,12 +45,16 @@ def allocations_in(url: str, state: str) -> int:
 
 
 @contextlib.contextmanager
-def bench_database(schema: str = SCHEMA) -> Iterator[str]:
-    """A fresh, migrated database; ``$RTX_BENCH_PG_URL`` (admin URL) or the local server or a temporary cluster."""
+def bench_database(schema: str = SCHEMA, *, own_cluster_options: str | None = None) -> Iterator[str]:
+    """A fresh, migrated database; ``$RTX_BENCH_PG_URL`` (admin URL) or the local server or a temporary cluster.
+
+    ``own_cluster_options``: always a temporary cluster of its own, with these server options (a
+    benchmark that needs more connections than a shared server allows, or a server to itself)."""
     admin = os.environ.get("RTX_BENCH_PG_URL", DEFAULT_ADMIN_URL)
     cluster = None
-    if not server_answers(admin):
-        cluster = PgCluster(Path(tempfile.mkdtemp(prefix="rtx-bench-pg-"))).start()
+    if own_cluster_options is not None or not server_answers(admin):
+        root = Path(tempfile.mkdtemp(prefix="rtx-bench-pg-"))
+        cluster = PgCluster(root, extra_options=own_cluster_options or "").start()
         admin = cluster.admin_url
     name = f"rtx_bench_{uuid.uuid4().hex[:8]}"
     create_database(admin, name)

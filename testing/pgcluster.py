@@ -89,7 +89,10 @@ def _service_user() -> pwd.struct_passwd | None:
 class PgCluster:
     """``initdb`` once under ``root``; ``start``/``stop``/``restart`` with pg_ctl; TCP on 127.0.0.1."""
 
-    def __init__(self, root: Path, port: int | None = None, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, port: int | None = None, bin_dir: Path | None = None, extra_options: str = ""
+    ) -> None:
+        self.extra_options = extra_options  # more "-c name=value" for the server; a later -c wins
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -138,7 +141,8 @@ class PgCluster:
         self.init()
         options = (
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=400 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB "
+            + self.extra_options
         )
         self._run(
             "pg_ctl",
