@@ -8,6 +8,7 @@ import math
 import signal
 import subprocess
 import sys
+import uuid
 
 from testing.daemons import REPO, daemon_env, query, wait_for
 from tests.integration.test_metrics import answers, free_port, scrape
@@ -189,3 +190,71 @@ def test_scale_down_drains_the_runner_and_never_kills_a_running_task(db, daemons
         ]
     assert {r[2] for r in records if r[1] in later} == {ids["new"]}  # nothing new on the drained runner
     assert query(url, "SELECT state FROM runtime_executor.runners WHERE name = 'old'") == [("stopped",)]
+
+
+# -- the KEDA example (deploy/kubernetes/keda-scaledobject.yaml) -------------------------------------
+
+KEDA = REPO / "deploy" / "kubernetes" / "keda-scaledobject.yaml"
+
+
+def _keda_documents() -> list[dict]:
+    import yaml
+
+    return [d for d in yaml.safe_load_all(KEDA.read_text()) if d]
+
+
+def _postgresql_trigger() -> dict:
+    """The commented-out PostgreSQL trigger, uncommented."""
+    import yaml
+
+    lines = KEDA.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "# - type: postgresql")
+    block = [line.strip()[2:] for line in lines[start:] if line.strip().startswith("#")]
+    [trigger] = yaml.safe_load("\n".join(block))
+    return trigger
+
+
+def test_the_keda_example_scales_the_runner_deployment_on_the_gauge():
+    deployment, scaled = _keda_documents()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    [prometheus] = scaled["spec"]["triggers"]
+    assert prometheus["metadata"]["query"] == 'max(rtx_desired_runners{queue="default"})'
+    assert prometheus["metadata"]["threshold"] == "1"
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    # scale-down drains: the pod outlives the drain, so a running task is never cut short
+    assert pod["terminationGracePeriodSeconds"] >= int(env["RTX_DRAIN_TIMEOUT"]) + 40
+    assert "RTX_DATABASE_URL" in env and env["RTX_DATABASE_URL"] is None  # from a Secret, not a value
+
+
+def test_the_keda_postgresql_query_gives_the_gauges_figure(db):
+    """The example's SQL (fixed runner size 16 slots / 4 cores / 8192 MB) against allocator.autoscale,
+    on a mixed workload in real rows."""
+    from allocator.autoscale import from_rows
+
+    trigger = _postgresql_trigger()
+    assert trigger["type"] == "postgresql"
+    sql = trigger["metadata"]["query"]
+
+    def figure() -> tuple[int, int]:
+        with db.transaction() as gw:
+            keda = int(gw.conn.execute(sql).fetchone()[0])
+            scale = from_rows(*gw.autoscale_rows()).get("default")
+        return keda, scale.desired if scale else 0
+
+    assert figure() == (0, 0)
+    with db.transaction() as gw:
+        for i in range(2):
+            gw.register_runner(
+                id=str(uuid.uuid4()), name=f"r{i}", hostname="h", pid=1, queues=["default"], slots=16, cpu=4.0,
+                memory_mb=8192, version="t", lease_timeout=30,
+            )  # fmt: skip
+    for n, slots, cpu, memory_mb in [(20, 1, 0.5, 256), (3, 9, 0.0, 0), (4, 1, 0.0, 5000), (2, 1, 6.0, 0)]:
+        insert_allocations(db, n, slots=slots, cpu=cpu, memory_mb=memory_mb)
+    insert_allocations(db, 5, queue="other", slots=4)
+    keda, gauge = figure()
+    # slots 51 / 16 -> 4, cpu 10 / 4 -> 3, memory 25120 / 8192 -> 4, over half: 3 (slots), 4 (memory);
+    # the two 6-core requests fit no runner and count for nothing
+    assert keda == gauge == 4
+    insert_allocations(db, 3, slots=9)  # now six requests over half a runner's slots: slots 78 / 16 -> 5
+    assert figure() == (6, 6)
