@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import psycopg
 import structlog
 
-from runtime_executor.db.connection import DatabaseUnavailable, connect
+from runtime_executor.db.connection import Database, DatabaseUnavailable, connect
 from runtime_executor.settings import Settings, error_line
 
 log = structlog.get_logger("rtx.loop")
@@ -115,8 +115,11 @@ class Loop:
 class Listener:
     """LISTENs on channels of the schema and wakes the loops registered for each.
 
-    Runs as a ``Loop`` itself whose tick waits for notifications. After (re)connecting it wakes
-    every loop, because notifications sent while it was disconnected are gone.
+    Either a ``Loop`` of its own on a connection of its own (``start``), or no thread and no
+    connection of its own: ``wait_on(db, timeout)`` listens on another loop's ``Database`` and waits
+    there (the runner's heartbeat loop waits for NOTIFYs between heartbeats, one connection for
+    both). Either way, after (re)connecting it wakes every callback, because notifications sent
+    while it was disconnected are gone.
     """
 
     def __init__(self, settings: Settings, application_name: str) -> None:
@@ -124,6 +127,7 @@ class Listener:
         self.application_name = application_name
         self._targets: dict[str, list[Callable[[str], None]]] = {}
         self._conn: psycopg.Connection | None = None
+        self._listening_on: psycopg.Connection | None = None  # wait_on: the borrowed connection LISTENed on
         self.loop = Loop(f"{application_name}-listener", self._tick, interval=0.0, on_stop=self._close)
 
     def subscribe(self, channel: str, callbacks: Iterable[Callable[[str], None]]) -> None:
@@ -159,6 +163,21 @@ class Listener:
             self._close()
             raise
         return True  # keep listening without the loop's idle wait
+
+    def wait_on(self, db: Database, timeout: float) -> None:
+        """On ``db``'s connection: LISTEN if it is new (then wake everyone), then dispatch
+        notifications until some arrive or ``timeout`` passes. Raises what the connection raises
+        (``db`` then reconnects on its next use)."""
+        with db.held() as conn:
+            if conn is not self._listening_on:
+                for channel in self._targets:
+                    conn.execute(f'LISTEN "{channel}"')
+                self._listening_on = conn
+                self._wake_all()
+            # stop_after=1: back to the caller as soon as something arrived (it may want to act)
+            for notify in conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+                for callback in self._targets.get(notify.channel, ()):
+                    callback(notify.payload)
 
     def _close(self) -> None:
         if self._conn is not None:

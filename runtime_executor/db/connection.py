@@ -8,6 +8,7 @@ away the connection is dropped and the next use reconnects; the loop that called
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -76,7 +77,13 @@ def connect(
 
 
 class Database:
-    """One lazily (re)opened connection and the gateway over it."""
+    """One lazily (re)opened connection and the gateway over it.
+
+    Several threads may share one ``Database``: each ``transaction()`` / ``statements()`` block
+    holds the connection for itself (a lock), so one thread's statements never land inside another's
+    transaction. Sharing is only for loops that may wait on each other: a heartbeat keeps a
+    ``Database`` of its own (see runner.service).
+    """
 
     def __init__(self, settings: Settings, application_name: str, *, async_commit: bool = False) -> None:
         """``async_commit``: commits do not wait for the WAL flush. Only for the allocator's
@@ -86,6 +93,7 @@ class Database:
         self.application_name = application_name
         self.async_commit = async_commit
         self._conn: psycopg.Connection | None = None
+        self._lock = threading.RLock()
 
     @property
     def connection(self) -> psycopg.Connection:
@@ -96,32 +104,47 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Gateway]:
         """One transaction; commits on success. A lost connection is closed so the next call reconnects."""
-        conn = self.connection
-        try:
-            with conn.transaction():
-                yield Gateway(conn, self.settings.schema)
-        except psycopg.Error as exc:
-            # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
-            if isinstance(exc, psycopg.OperationalError) or conn.broken:
-                self.close()
-            raise
+        with self._lock:
+            conn = self.connection
+            try:
+                with conn.transaction():
+                    yield Gateway(conn, self.settings.schema)
+            except psycopg.Error as exc:
+                # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
+                if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                    self.close()
+                raise
 
     @contextmanager
     def statements(self) -> Iterator[Gateway]:
         """Autocommit: each statement is its own transaction (saves BEGIN/COMMIT round trips on
         hot paths where a single guarded statement is the whole state change)."""
-        conn = self.connection
-        try:
-            yield Gateway(conn, self.settings.schema)
-        except psycopg.Error as exc:
-            # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
-            if isinstance(exc, psycopg.OperationalError) or conn.broken:
-                self.close()
-            raise
+        with self._lock:
+            conn = self.connection
+            try:
+                yield Gateway(conn, self.settings.schema)
+            except psycopg.Error as exc:
+                # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
+                if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                    self.close()
+                raise
+
+    @contextmanager
+    def held(self) -> Iterator[psycopg.Connection]:
+        """The connection itself, held like a transaction block (for LISTEN and waiting on NOTIFY:
+        runtime_executor.loop.Listener.wait_on). A lost connection is closed, as above."""
+        with self._lock:
+            conn = self.connection
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                    self.close()
+                raise
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        # no lock: close() may come from another thread to stop a daemon; psycopg's own lock
+        # makes the close itself safe, and the next use reconnects
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
