@@ -93,7 +93,7 @@ class Lease:
         """One heartbeat: the row's state (``active`` or ``draining``), or None once it is not live
         (declared lost). Only a renewal that succeeded moves ``valid_until``."""
         sent = time.monotonic()
-        with db.transaction() as gw:
+        with db.statements() as gw:  # one guarded statement: autocommit saves BEGIN/COMMIT (docs/scaling.md)
             state = gw.heartbeat_runner(self.runner_id, self.settings.lease_timeout, **usage)
         if state is not None:
             self.valid_until = sent + self.settings.lease_timeout

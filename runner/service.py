@@ -10,11 +10,25 @@ its own module:
 * runner.drain     maintenance drain/resume and the SIGTERM drain
 * runner.usage     sampling what the tasks use (over a view of runner.tasks)
 
-Threads (each a ``Loop``): heartbeat, work (outcomes, starts, revokes, orphans), reaper, usage,
-listener (NOTIFY wakes work and heartbeat), and drain once SIGTERM arrives.
+Threads (each a ``Loop``): heartbeat (which also waits for the NOTIFYs that wake work and itself),
+work (outcomes, starts, revokes, orphans), reaper, usage, and drain once SIGTERM arrives.
+
+Connections: two (docs/scaling.md#connection-budget).
+
+* *heartbeat* (``<app>-heartbeat``): lease renewals, drain/resume seen by the heartbeat, and
+  ``LISTEN``. The heartbeat loop is its only user: between renewals it waits on this connection for
+  NOTIFYs (``Listener.wait_on``) until the next renewal is due, so a heartbeat never waits on work,
+  and a NOTIFY is never held up by work either. A renewal that fails is retried after the loop's
+  backoff (at most one interval); a connection that broke is reopened by the next use, LISTENs
+  again and wakes every loop (what was sent meanwhile is gone).
+* *work* (``<app>``): starts, outcomes, revokes, orphans, usage samples, registration, drain and
+  deregistration, shared by their threads one statement block at a time (``Database``'s lock). None
+  of them is latency-critical to another; a long block only delays the others on this connection.
 """
 
 from __future__ import annotations
+
+import time
 
 import psutil
 import structlog
@@ -58,12 +72,10 @@ class Runner:
         self.name = self.lease.name
         app = f"rtx-runner:{self.name}"
 
-        # -- database connections: one per thread that writes, so a heartbeat never waits on work.
-        # (The listener holds one more, for LISTEN.)
-        self._work_db = Database(settings, app)  # work loop: starts, outcomes, revokes, orphans
-        self._heartbeat_db = Database(settings, app + "-heartbeat")  # lease renewal, drain/resume
-        self._control_db = Database(settings, app + "-control")  # start-up and SIGTERM drain, main thread
-        self._usage_db = Database(settings, app + "-usage")  # usage samples (opened on the first write)
+        # -- database connections: two (see the module's note). The heartbeat keeps its own, and
+        # LISTENs on it between renewals; everything else shares the work connection.
+        self._work_db = Database(settings, app)  # starts, outcomes, revokes, orphans, usage, start-up, drain
+        self._heartbeat_db = Database(settings, app + "-heartbeat")  # lease renewal, drain/resume, LISTEN
 
         self.metrics = RunnerMetrics(self.name)
         self.metrics.set_capacity(capacity.slots, capacity.cpu, capacity.memory_mb)
@@ -84,7 +96,7 @@ class Runner:
             wake_work=self._wake_work,
         )
         self.usage = UsageMonitor(
-            settings, self._usage_db, self.tasks, self.reaper.stop, self.metrics, isolation=isolation
+            settings, self._work_db, self.tasks, self.reaper.stop, self.metrics, isolation=isolation
         )
         self.starts = TaskStarts(
             settings,
@@ -96,7 +108,7 @@ class Runner:
             self.metrics,
             server_url=server_url,
             oom_kills=lambda: self.usage.oom_kills,
-            on_started=self.reaper.wake,
+            on_started=self._on_started,
             on_failed=self._wake_work,
             isolation=isolation,
         )
@@ -107,8 +119,11 @@ class Runner:
             settings.heartbeat_interval,
             max_backoff=settings.heartbeat_interval,
         )
-        self.listener = Listener(settings, app + "-listen")
+        # no thread or connection of its own: the heartbeat loop waits on it (heartbeat_tick)
+        self.listener = Listener(settings, app + "-heartbeat")
         self.listener.subscribe("runner", [self._on_notify])
+        self._heartbeat_due = 0.0  # monotonic time of the next renewal; 0: at once
+        self._last_renewal = 0.0
 
     @property
     def runner_id(self) -> str:
@@ -117,13 +132,12 @@ class Runner:
     @property
     def loops(self) -> list[Loop]:
         """The loops that must stay alive while the runner serves (the systemd watchdog's check)."""
-        return [self.work, self.heartbeat, self.reaper.loop, self.usage.loop, self.listener.loop]
+        return [self.work, self.heartbeat, self.reaper.loop, self.usage.loop]
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.spares.start()  # warm processes before the first task arrives
-        self.lease.register(self._control_db)
-        self.listener.start()
+        self.lease.register(self._work_db)
         self.heartbeat.start()
         self.reaper.start()
         self.work.start()
@@ -132,8 +146,7 @@ class Runner:
     def drain_and_stop(self, timeout: float | None = None) -> None:
         """SIGTERM: take nothing new, give back what has not started, wait for running tasks up to
         ``drain_timeout``, then stop them, report every outcome and deregister (runner.drain)."""
-        self.drain.run(self._control_db, timeout)
-        self.listener.stop()
+        self.drain.run(self._work_db, timeout)
         self.work.stop()
         self.heartbeat.stop()
         self.reaper.stop_loop()
@@ -141,8 +154,8 @@ class Runner:
         self.spares.close()
         if self.isolation is not None:
             self.isolation.close()
-        self.drain.deregister(self._control_db)
-        for db in (self._work_db, self._heartbeat_db, self._control_db, self._usage_db):
+        self.drain.deregister(self._work_db)
+        for db in (self._work_db, self._heartbeat_db):
             db.close()
         self.metrics.close()
         if len(self.outcomes):
@@ -151,9 +164,17 @@ class Runner:
 
     # -- wake-ups -------------------------------------------------------------------------------
     def _on_notify(self, payload: str) -> None:
+        """Called in the heartbeat loop (Listener.wait_on) for each NOTIFY on <schema>.runner."""
         if not payload or payload == self.runner_id:
             self.work.wake()
-            self.heartbeat.wake()  # a state change (drain/resume) is seen by the heartbeat
+            # a state change (drain/resume) is seen by the next renewal: bring it forward (at most one
+            # extra renewal per 0.2 s, however many assignments arrive)
+            self._heartbeat_due = min(self._heartbeat_due, self._last_renewal + 0.2)
+
+    def _on_started(self) -> None:
+        self.reaper.wake()
+        # renewals at the busy pace from now on (an idle runner renews less often: _renew)
+        self._heartbeat_due = min(self._heartbeat_due, self._last_renewal + self.settings.heartbeat_interval)
 
     def _wake_work(self) -> None:
         self.work.wake()
@@ -164,6 +185,17 @@ class Runner:
 
     # -- heartbeat (runner.lease) ----------------------------------------------------------------
     def heartbeat_tick(self) -> bool:
+        """Renew the lease when due, then wait for NOTIFYs on the same connection until the next
+        renewal is due. Returns True: the wait is the loop's pause."""
+        if time.monotonic() >= self._heartbeat_due:
+            self._renew()
+        # in slices of at most 0.5 s, so that a stop is seen soon (waiting costs the server nothing)
+        self.listener.wait_on(self._heartbeat_db, min(0.5, self._heartbeat_due - time.monotonic()))
+        return not self.heartbeat.stopping
+
+    def _renew(self) -> None:
+        # not due again until this renewal succeeded: one that raises is retried after the backoff
+        could_start = self.lease.may_start()
         usage = {
             "host_cpu_percent": psutil.cpu_percent(interval=None),
             "host_memory_used_mb": (psutil.virtual_memory().total - psutil.virtual_memory().available)
@@ -176,7 +208,19 @@ class Runner:
             self.work.wake()
         else:
             self.drain.on_row_state(state, self._heartbeat_db)
-        return False
+        if not could_start:
+            self.work.wake()  # starts held back while the lease ran short may go now (no NOTIFY says so)
+        self._last_renewal = time.monotonic()
+        self._heartbeat_due = self._last_renewal + self._renewal_interval()
+
+    def _renewal_interval(self) -> float:
+        """``heartbeat_interval`` while tasks run (fencing's deadlines follow each renewal). An idle
+        runner has nothing to fence: it renews every ``lease_timeout / 4`` (at least
+        ``heartbeat_interval``), which keeps its lease far from expiry (a start needs more than one
+        ``heartbeat_interval`` of it left) at a fraction of the server's cost (docs/scaling.md)."""
+        if len(self.tasks):
+            return self.settings.heartbeat_interval
+        return max(self.settings.heartbeat_interval, self.settings.lease_timeout / 4)
 
     # -- work (runner.outcomes, runner.starts) ---------------------------------------------------
     def can_start(self) -> bool:
@@ -195,4 +239,12 @@ class Runner:
         for allocation_id in cancelled:
             self.reaper.stop(allocation_id, "revoked by the scheduler")
         self.starts.check_orphans_when_due()
+        # The poll only covers a NOTIFY lost with a broken connection, and the heartbeat's reconnect
+        # wakes this loop anyway: while idle, poll once per lease period, not every poll interval.
+        idle = not len(self.tasks) and not len(self.outcomes)
+        self.work.interval = (
+            max(self.settings.runner_poll_interval, self.settings.lease_timeout)
+            if idle
+            else self.settings.runner_poll_interval
+        )
         return False
