@@ -9,11 +9,13 @@ heartbeats, only the process is shared). Once every runner is registered and set
 
 * connections: ``pg_stat_activity`` of the benchmark database by ``application_name``, per
   component (allocator; each runner, with the largest and smallest count over runners);
-* Postgres CPU while idle for ``--idle`` s: utime + stime of the database's backends
-  (``/proc/<pid>/stat``), as a percentage of one core; transactions committed per second
+* Postgres CPU while idle for ``--idle`` s: time on a CPU of the database's backends
+  (``/proc/<pid>/schedstat``, nanoseconds), as a percentage of one core; transactions committed per second
   (``pg_stat_database``); NOTIFYs seen on rtx's channels by a listener of the benchmark;
 * pickup: ``--tasks`` allocations inserted one at a time (as bench.pickup): insert -> task process
-  started (``bench.noop_task``), p50 / p99.
+  started (``bench.noop_task``), p50 / p99. They go to a queue only two real runners serve (the
+  probes), so the figure compares like with like whatever N is: what N changes is everything
+  around them (placement over N runners, NOTIFYs delivered to N listeners, N runners' load).
 
 Postgres is a throwaway cluster of the benchmark's own (fsync on, ``--max-connections``), so the
 backends measured are rtx's alone. Prints one JSON line per N.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -41,8 +42,9 @@ from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
 from testing.daemons import Daemon, Daemons, daemon_env, query, wait_for
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RUNNER_ARGS = ("--slots", "16", "--cpu", "4", "--memory", "8192")
+PROBES = 2  # real runners that take the pickup tasks, whatever the number of runners around them
+PROBE_QUEUE = "probe"
 _ROLE_SUFFIX = re.compile(r"-(heartbeat|control|listen|usage|work)$")
 
 
@@ -92,14 +94,14 @@ def backend_cpu(url: str, dbname: str) -> dict[int, tuple[str, float]]:
         url, "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %(d)s", {"d": dbname}
     )
     for pid, app in rows:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:  # nanoseconds on a CPU (schedstat): utime/stime in clock ticks are too coarse here
+            seconds = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
         except OSError:
             continue
         comp, _ = component(app)
         match = _ROLE_SUFFIX.search(app) or re.search(r"-(upkeep|prune|listen|metrics)$", app)
         role = f"{comp}:{match.group(1) if match else 'work'}"
-        out[pid] = (role, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        out[pid] = (role, seconds)
     return out
 
 
@@ -136,7 +138,7 @@ def insert(db: Database, record: Path, i: int) -> tuple[str, float]:
         sent = time.time()
         gw.insert_allocation(
             id=allocation_id, kind="task", dag_id="bench", task_id=f"t{i}", run_id="scale", map_index=-1,
-            try_number=1, callback_id=None, queue="default", priority_weight=1, slots=1, cpu=0.0, memory_mb=0,
+            try_number=1, callback_id=None, queue=PROBE_QUEUE, priority_weight=1, slots=1, cpu=0.0, memory_mb=0,
             state="unassigned", workload=json.dumps(str(record)), scheduler_job_id=None, reason=None,
         )  # fmt: skip
     return allocation_id, sent
@@ -162,6 +164,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"rtx-bench-scale-{n}-"))
     record = work / "started.txt"
     env = {"RTX_TASK_ENTRY": "bench.noop_task:run", "RTX_LOG_LEVEL": "warning"}
+    env.update(kv.split("=", 1) for kv in args.env)
     # a server of its own: 200 runners need more connections than a shared server allows, and its
     # backends' CPU is then rtx's alone; durability settings as in production (fsync on)
     options = f"-c max_connections={args.max_connections} -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
@@ -171,8 +174,13 @@ def measure(n: int, args: argparse.Namespace) -> dict:
         hosts: list[Daemon] = []
         try:
             daemons.allocator(**env)
-            real = min(n, args.real)
-            for i in range(real):
+            # the pickup probes: PROBES real runners (the only ones serving the probe queue) among n
+            probes = min(PROBES, n)
+            for i in range(probes):
+                daemons.runner(*RUNNER_ARGS, "--queue", "default", "--queue", PROBE_QUEUE, "--spare-processes",
+                               str(args.spares), name=f"probe-{i}", fake=False, **env)  # fmt: skip
+            real = min(n, max(args.real, probes))
+            for i in range(probes, real):
                 daemons.runner(
                     *RUNNER_ARGS,
                     "--spare-processes",
@@ -185,7 +193,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
             while left > 0:
                 count = min(left, args.per_host)
                 argv = [sys.executable, "-m", "bench.runner_host", "--count", str(count), "--prefix", f"sim{h}",
-                        "--spare-processes", str(args.spares)]  # fmt: skip
+                        "--spare-processes", str(args.hosted_spares)]  # fmt: skip
                 hosts.append(Daemon(f"host-{h}", argv, daemon_env(url, **env), work))
                 left -= count
                 h += 1
@@ -221,8 +229,18 @@ def measure(n: int, args: argparse.Namespace) -> dict:
                 "connections": conns,
                 "idle": idle,
                 "runner_rss_mb": round(sum(rss) / len(rss), 1) if rss else None,
-                "pickup": pickup(url, record, args.tasks, args.warmup, args.gap),
             }
+            listener = NotifyCounter(url)
+            result["pickup"] = pickup(url, record, args.tasks, args.warmup, args.gap)
+            listener.close()
+            # every NOTIFY reaches each listening session: the allocator's and each runner's heartbeat
+            sent = dict(listener.counts)
+            result["pickup"]["notifies"] = sent
+            result["pickup"]["notify_deliveries_per_task"] = round(
+                sent.get("runner", 0) * n / (args.tasks + args.warmup)
+                + sent.get("allocator", 0) / (args.tasks + args.warmup),
+                1,
+            )
         finally:
             for d in hosts:
                 d.stop(timeout=60)
@@ -235,9 +253,13 @@ def main() -> None:
     parser.add_argument("--runners", default="2,50,200", help="comma-separated runner counts")
     parser.add_argument("--real", type=int, default=50, help="at most this many real rtx-runner processes")
     parser.add_argument("--per-host", type=int, default=50, help="runners per bench.runner_host process")
-    parser.add_argument("--spares", type=int, default=2, help="--spare-processes of every runner")
+    parser.add_argument("--spares", type=int, default=2, help="--spare-processes of each real runner")
+    parser.add_argument(
+        "--hosted-spares", type=int, default=0, help="--spare-processes of each hosted runner"
+    )
     parser.add_argument("--settle", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of the idle measurement")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every daemon (repeatable)")
     parser.add_argument("--max-connections", type=int, default=1000, help="of the benchmark's own server")
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)

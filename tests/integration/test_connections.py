@@ -38,7 +38,8 @@ def _by_component(url: str) -> tuple[Counter, Counter, list[str]]:
 
 def test_connections_per_component(rtx, rtx_db, make_executor, tmp_path):
     daemons = Daemons(rtx.url, tmp_path)
-    env = {**FAST, "RTX_SCHEMA": rtx.schema, "RTX_USAGE_INTERVAL": "0.2"}
+    # a poll far slower than the test: work reaches the runners by NOTIFY, on their heartbeat connection
+    env = {**FAST, "RTX_SCHEMA": rtx.schema, "RTX_USAGE_INTERVAL": "0.2", "RTX_RUNNER_POLL_INTERVAL": "60"}
     try:
         daemons.allocator(**env)
         for name in ("r1", "r2"):
@@ -55,6 +56,11 @@ def test_connections_per_component(rtx, rtx_db, make_executor, tmp_path):
         executor.sync()
         # a task on each runner, long enough for the usage sampler to write (its writes share a connection)
         ids = insert_allocations(rtx_db, 2, workload={"sleep": 1.5})
+        wait_for(
+            lambda: len(rtx.rows("SELECT 1 FROM {schema}.allocations WHERE state = 'running'")) == 2,
+            10,
+            what="both tasks started by NOTIFY (the poll is 60 s)",
+        )
         wait_for(
             lambda: (
                 len(
