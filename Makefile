@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install test test-compat lint unit integration e2e bench bench-pickup bench-placement bench-airflow soak demo demo-stop clean
+.PHONY: install test test-compat lint unit integration e2e bench bench-pickup bench-placement bench-scale bench-airflow soak demo demo-stop clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ bench-pickup: install
 
 bench-placement: install
 	$(PY) -m bench.placement
+
+# 2, 50 and 200 idle runners on a Postgres of its own (docs/scaling.md; ~10 min)
+bench-scale: install
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 # rtx against LocalExecutor and CeleryExecutor on real Airflow (~25 min; not part of make test)
 bench-airflow: install
