@@ -58,11 +58,12 @@ class RunnerMetrics(DaemonMetrics):
         )
         self.memory_exceeded = Counter(
             "rtx_task_memory_exceeded",
-            "Tasks whose memory passed their reservation: warned (once per task), stopped (--enforce-memory).",
+            "Tasks whose memory passed their reservation: warned (once per task), stopped (--enforce-memory), "
+            "oom_killed (by the kernel, at their cgroup's limit: --isolation cgroup).",
             ["runner", "action"],
             registry=r,
         )
-        for action in ("warned", "stopped"):
+        for action in ("warned", "stopped", "oom_killed"):
             self.memory_exceeded.labels(runner, action)
 
     def set_capacity(self, slots: int, cpu: float, memory_mb: int) -> None:

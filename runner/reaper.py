@@ -48,6 +48,7 @@ from runtime_executor.settings import Settings
 
 if TYPE_CHECKING:
     from runner.cgroups import Isolation
+    from runner.metrics import RunnerMetrics
 
 log = structlog.get_logger("rtx.runner")
 
@@ -103,9 +104,11 @@ class Reaper:
         outcomes: OutcomeQueue,
         on_exit: Callable[[], None],
         isolation: Isolation | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self._isolation = isolation
+        self._metrics = metrics  # counts OOM kills (--isolation cgroup)
         self._lease = lease
         self._tasks = tasks
         self._outcomes = outcomes
@@ -165,6 +168,8 @@ class Reaper:
         )
         if oom and handle.log_path:  # where its owner looks: the task's own log
             append_task_log(handle.log_path, "error", f"rtx: {reason}")
+        if oom and self._metrics is not None:
+            self._metrics.memory_exceeded.labels(self._metrics.runner, "oom_killed").inc()
         self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, code, reason))
         self._tasks.remove(handle.allocation_id)
         handle.process.close()

@@ -85,7 +85,13 @@ class Runner:
         self.spares = SparePool(spare_processes)
         self.isolation = isolation  # opened by the CLI before the fork server starts (runner.cgroups)
         self.reaper = Reaper(
-            settings, self.lease, self.tasks, self.outcomes, on_exit=self._on_task_exit, isolation=isolation
+            settings,
+            self.lease,
+            self.tasks,
+            self.outcomes,
+            on_exit=self._on_task_exit,
+            isolation=isolation,
+            metrics=self.metrics,
         )
         self.drain = Drain(
             settings,

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from runner.cgroups import Isolation, TaskLimits
 from runner.cgroups.backend import Backend, process_start
 from runner.cgroups.limits import MB
 from testing.daemons import REPO, daemon_env, query, wait_for
+from testing.pgcluster import free_port
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, wait_runners, wait_states
 
@@ -189,9 +191,10 @@ def test_a_task_over_its_limit_is_oom_killed_while_its_neighbour_finishes(db, da
         '{"timestamp":"2026-01-01T00:00:00.000000Z","level":"info","event":"start"}\n'
     )
     daemons.allocator(**FAST)
+    port = free_port()
     runner = daemons.runner(
-        "--isolation", "cgroup", "--cgroup-root", cgroup_root, "--memory", "1000", name="r1",
-        AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(logs), **FAST,
+        "--isolation", "cgroup", "--cgroup-root", cgroup_root, "--memory", "1000", "--metrics-port", str(port),
+        name="r1", AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(logs), **FAST,
     )  # fmt: skip
     wait_runners(daemons.db_url, 1)
     # 5x its reservation, allocated at once: far faster than any sampling could stop
@@ -210,6 +213,9 @@ def test_a_task_over_its_limit_is_oom_killed_while_its_neighbour_finishes(db, da
     record = json.loads((logs / log_path).read_text().splitlines()[-1])
     assert record["level"] == "error" and record["event"] == f"rtx: {reason}"
     assert _reason(daemons.db_url, neighbour) is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'rtx_task_memory_exceeded_total{action="oom_killed",runner="r1"} 1.0' in metrics
     # each task's cgroup went with it; the runner's own goes when it stops
     [runner_dir] = _root_children(cgroup_root)
     assert runner_dir.startswith(f"rtx-runner-{runner.pid}-")
