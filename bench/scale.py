@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -245,6 +246,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
             for d in hosts:
                 d.stop(timeout=60)
             daemons.stop_all()
+    shutil.rmtree(work)  # the daemons' logs; kept when the run failed
     return result
 
 
