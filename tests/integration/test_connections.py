@@ -11,6 +11,10 @@ from testing.daemons import Daemons, query, wait_for
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST
 
+# Work reaches a runner only by NOTIFY here: a poll far slower than the test, and a lease long enough
+# that a renewal never finds a start held back (a renewal that does wakes the work loop too).
+NOTIFY_ONLY = {**FAST, "RTX_LEASE_TIMEOUT": "20", "RTX_RUNNER_POLL_INTERVAL": "60"}
+
 _ALLOCATOR = re.compile(r"^rtx-allocator@[^ ]+?(-upkeep|-prune|-listen|-metrics)?$")
 _RUNNER = re.compile(r"^rtx-runner:(?P<name>.+?)(-heartbeat|-control|-listen|-usage)?$")
 
@@ -38,8 +42,7 @@ def _by_component(url: str) -> tuple[Counter, Counter, list[str]]:
 
 def test_connections_per_component(rtx, rtx_db, make_executor, tmp_path):
     daemons = Daemons(rtx.url, tmp_path)
-    # a poll far slower than the test: work reaches the runners by NOTIFY, on their heartbeat connection
-    env = {**FAST, "RTX_SCHEMA": rtx.schema, "RTX_USAGE_INTERVAL": "0.2", "RTX_RUNNER_POLL_INTERVAL": "60"}
+    env = {**NOTIFY_ONLY, "RTX_SCHEMA": rtx.schema, "RTX_USAGE_INTERVAL": "0.2"}
     try:
         daemons.allocator(**env)
         for name in ("r1", "r2"):
@@ -102,3 +105,31 @@ def test_connections_per_component(rtx, rtx_db, make_executor, tmp_path):
         assert roles == ["", "-heartbeat"]
     finally:
         daemons.stop_all()
+
+
+def test_a_runner_listens_again_after_its_heartbeat_connection_is_cut(db, daemons):
+    """The heartbeat's connection carries LISTEN: cut it on the server, and the runner reconnects,
+    LISTENs again and still gets its work by NOTIFY (the poll is 60 s)."""
+    url = db.settings.database_url
+    env = NOTIFY_ONLY
+    daemons.allocator(**env)
+    daemons.runner("--slots", "2", name="r1", **env)
+    wait_for(
+        lambda: query(url, "SELECT count(*) FROM runtime_executor.runners WHERE state = 'active'")[0][0] == 1,
+        60,
+    )
+    heartbeat = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'rtx-runner:r1-heartbeat'"
+    [(old,)] = wait_for(lambda: query(url, heartbeat), 20, what="the heartbeat session")
+    query(url, "SELECT pg_terminate_backend(%(pid)s)", {"pid": old})
+    wait_for(
+        lambda: (rows := query(url, heartbeat)) and rows[0][0] != old, 20, what="a new heartbeat session"
+    )
+    [allocation] = insert_allocations(db, 1, workload={})
+    wait_for(
+        lambda: (
+            query(url, "SELECT state FROM runtime_executor.allocations WHERE id = %(a)s", {"a": allocation})
+            == [("succeeded",)]
+        ),
+        10,
+        what="the task, started by NOTIFY on the new connection",
+    )
