@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench.common import bench_database, percentile
+from bench.common import SCHEMA, active_runners, bench_database, percentile
 from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
 from testing.daemons import Daemon, Daemons, daemon_env, query, wait_for
@@ -113,7 +113,7 @@ def commits(url: str, dbname: str) -> int:
 class NotifyCounter:
     """Counts NOTIFYs on rtx's channels (what every listening backend receives)."""
 
-    def __init__(self, url: str, schema: str = "runtime_executor") -> None:
+    def __init__(self, url: str, schema: str = SCHEMA) -> None:
         self.counts: Counter = Counter()
         self._stop = threading.Event()
         self._conn = psycopg.connect(url, autocommit=True, application_name="bench-scale-listen")
@@ -199,7 +199,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
                 left -= count
                 h += 1
             wait_for(
-                lambda: query(url, "SELECT count(*) FROM runtime_executor.runners WHERE state = 'active'")[0][0] >= n,
+                lambda: active_runners(url) >= n,
                 60 + n * 2, interval=0.5, what=f"{n} runners registered",
             )  # fmt: skip
             time.sleep(args.settle)  # start-up done: spares forked, first polls and heartbeats past
