@@ -66,3 +66,11 @@ def test_a_task_process_that_fails_before_the_supervisor_names_its_error():
         "failed",
         "task process exited with code 1: ModuleNotFoundError: No module named 'rtx_no_such_module'",
     )
+
+
+def test_the_fork_server_preloads_what_every_spare_runs(monkeypatch):
+    # A spare runs task_entry.wait_and_run: imported in the fork server once, not in each spare after its fork.
+    monkeypatch.setenv("RTX_TASK_ENTRY", "bench.noop_task:run")
+    assert task_entry.preload_modules() == ["bench.noop_task", "runner.task_entry"]
+    monkeypatch.delenv("RTX_TASK_ENTRY")
+    assert task_entry.preload_modules() == ["runner.task_process", "runner.task_entry"]
