@@ -28,16 +28,41 @@ def main() -> None:
     default=None,
     help="EvenSpreadStrategy (default) or MaxPackingStrategy. Also ALLOCATOR_STRATEGY / RTX_STRATEGY.",
 )
-@click.option("--batch-size", "allocator_batch_size", type=int, default=None, help="Requests claimed per queue and pass.")
-@click.option("--poll-interval", "allocator_poll_interval", type=float, default=None, help="Seconds between polls when no NOTIFY arrives.")
-@click.option("--heartbeat-interval", type=float, default=None, help="Seconds between rescue passes (runner lease checks).")
-@click.option("--unschedulable-timeout", type=float, default=None, help="Seconds before an unschedulable request fails.")
 @click.option(
-    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    "--batch-size",
+    "allocator_batch_size",
+    type=int,
+    default=None,
+    help="Requests claimed per queue and pass.",
+)
+@click.option(
+    "--poll-interval",
+    "allocator_poll_interval",
+    type=float,
+    default=None,
+    help="Seconds between polls when no NOTIFY arrives.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=float,
+    default=None,
+    help="Seconds between rescue passes (runner lease checks).",
+)
+@click.option(
+    "--unschedulable-timeout", type=float, default=None, help="Seconds before an unschedulable request fails."
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
     help="Serve Prometheus metrics (queue depth, placement latency, rescues; see docs/metrics.md) on "
     "this port at /metrics. Default 0 = off. Also RTX_METRICS_PORT.",
 )
-@click.option("--metrics-host", default=None, help="Address the metrics server binds to (default 127.0.0.1). Also RTX_METRICS_HOST.")
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="Address the metrics server binds to (default 127.0.0.1). Also RTX_METRICS_HOST.",
+)
 def serve(**options) -> None:
     """Place unassigned allocations until SIGTERM."""
     from allocator.service import Allocator

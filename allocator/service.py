@@ -153,7 +153,9 @@ class Allocator:
                 by_id = {r["id"]: r for r in claimed}
                 placed = [by_id[p.request_id] for p in result.placements]
                 gw.assign(
-                    [r["ctid"] for r in placed], [r["id"] for r in placed], [p.runner_id for p in result.placements]
+                    [r["ctid"] for r in placed],
+                    [r["id"] for r in placed],
+                    [p.runner_id for p in result.placements],
                 )
             if result.unschedulable:
                 for row in gw.mark_unschedulable(result.unschedulable):
@@ -188,7 +190,8 @@ class Allocator:
         claimed_per_queue = Counter(r.queue for r in requests)
         # more work at hand when some queue had everything it claimed placed and its claim was full
         return any(
-            placed_per_queue[q] == n and n >= limits.get(q, HEAD_OF_QUEUE) for q, n in claimed_per_queue.items()
+            placed_per_queue[q] == n and n >= limits.get(q, HEAD_OF_QUEUE)
+            for q, n in claimed_per_queue.items()
         )
 
     # -- metrics --------------------------------------------------------------------------------
@@ -211,9 +214,13 @@ class Allocator:
             if row["outcome"] == "runner":
                 log.warning("runner lost: lease expired", runner=row["runner_name"])
             elif row["outcome"] == "returned":
-                log.info("allocation returned to the pool", allocation_id=str(row["id"]), runner=row["runner_name"])
+                log.info(
+                    "allocation returned to the pool", allocation_id=str(row["id"]), runner=row["runner_name"]
+                )
             else:
-                log.warning("allocation lost with its runner", allocation_id=str(row["id"]), runner=row["runner_name"])
+                log.warning(
+                    "allocation lost with its runner", allocation_id=str(row["id"]), runner=row["runner_name"]
+                )
         with self._upkeep_db.transaction() as gw:
             for row in gw.fail_unschedulable(self.settings.unschedulable_timeout):
                 self.metrics.unschedulable_failed.inc()

@@ -38,10 +38,18 @@ def main() -> None:
         daemons = Daemons(url, work)
         try:
             daemons.allocator()
-            daemons.runner("--slots", "16", "--cpu", "4", "--memory", "8192", name="bench-runner",
-                           fake=False, RTX_TASK_ENTRY="bench.noop_task:run")
-            wait_for(lambda: active_runners(url),
-                     60, what="runner registration")
+            daemons.runner(
+                "--slots",
+                "16",
+                "--cpu",
+                "4",
+                "--memory",
+                "8192",
+                name="bench-runner",
+                fake=False,
+                RTX_TASK_ENTRY="bench.noop_task:run",
+            )
+            wait_for(lambda: active_runners(url), 60, what="runner registration")
             db = Database(Settings(database_url=url), "bench-pickup")
             sent: dict[str, float] = {}
             total = args.warmup + args.tasks
@@ -50,18 +58,35 @@ def main() -> None:
                 with db.transaction() as gw:
                     sent[allocation_id] = time.time()
                     gw.insert_allocation(
-                        id=allocation_id, kind="task", dag_id="bench", task_id=f"t{i}", run_id="bench",
-                        map_index=-1, try_number=1, callback_id=None, queue="default", priority_weight=1,
-                        slots=1, cpu=0.0, memory_mb=0, state="unassigned", workload=json.dumps(str(record)),
-                        scheduler_job_id=None, reason=None,
+                        id=allocation_id,
+                        kind="task",
+                        dag_id="bench",
+                        task_id=f"t{i}",
+                        run_id="bench",
+                        map_index=-1,
+                        try_number=1,
+                        callback_id=None,
+                        queue="default",
+                        priority_weight=1,
+                        slots=1,
+                        cpu=0.0,
+                        memory_mb=0,
+                        state="unassigned",
+                        workload=json.dumps(str(record)),
+                        scheduler_job_id=None,
+                        reason=None,
                     )
                 # wait for this one to start: an idle system, one request at a time
-                wait_for(lambda aid=allocation_id: record.exists() and aid in record.read_text(), 10, interval=0.001)
+                wait_for(
+                    lambda aid=allocation_id: record.exists() and aid in record.read_text(),
+                    10,
+                    interval=0.001,
+                )
                 time.sleep(args.gap)
             started = dict(line.split() for line in record.read_text().splitlines())
         finally:
             daemons.stop_all()
-    latencies = [(float(started[a]) - sent[a]) * 1000 for a in list(sent)[args.warmup:]]
+    latencies = [(float(started[a]) - sent[a]) * 1000 for a in list(sent)[args.warmup :]]
     result = {
         "tasks": len(latencies),
         "p50_ms": round(percentile(latencies, 50), 2),

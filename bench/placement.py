@@ -89,9 +89,17 @@ def throughput(runners: int, requests: int, strategy: str) -> dict:
 
 def _first_fit_decreasing(reqs: list[Request], cap: dict) -> int:
     bins: list[list[float]] = []
-    for r in sorted(reqs, key=lambda r: (r.slots / cap["slots"] + r.cpu / cap["cpu"] + r.memory_mb / cap["memory_mb"]), reverse=True):
+    for r in sorted(
+        reqs,
+        key=lambda r: r.slots / cap["slots"] + r.cpu / cap["cpu"] + r.memory_mb / cap["memory_mb"],
+        reverse=True,
+    ):
         for b in bins:
-            if b[0] + r.slots <= cap["slots"] and b[1] + r.cpu <= cap["cpu"] + 1e-9 and b[2] + r.memory_mb <= cap["memory_mb"]:
+            if (
+                b[0] + r.slots <= cap["slots"]
+                and b[1] + r.cpu <= cap["cpu"] + 1e-9
+                and b[2] + r.memory_mb <= cap["memory_mb"]
+            ):
                 b[0] += r.slots
                 b[1] += r.cpu
                 b[2] += r.memory_mb

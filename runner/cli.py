@@ -27,66 +27,116 @@ def main() -> None:
 
 @main.command()
 @common_options
-@click.option("--slots", type=click.IntRange(1, 100000), default=16, show_default=True, help="Concurrency slots.")
-@click.option("--cpu", default=None, help="Cores to offer (default: cores of the host).")
-@click.option("--memory", default=None, help="Memory to offer in MB, or with a unit: 8192, 8GiB (default: RAM of the host).")
-@click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable; default: default).")
-@click.option("--name", default=None, help="Display name (default host:pid). The id is fresh for every process.")
-@click.option("--execution-api-url", default=None, help="Airflow Execution API (default: Airflow's [core] execution_api_server_url).")
-@click.option("--heartbeat-interval", type=float, default=None, help="Seconds between lease renewals.")
-@click.option("--lease-timeout", type=float, default=None, help="Seconds without a heartbeat before the runner is lost.")
-@click.option("--drain-timeout", type=float, default=None, help="Seconds SIGTERM waits for running tasks before stopping them.")
 @click.option(
-    "--kill-grace", type=click.FloatRange(min=0), default=None,
+    "--slots", type=click.IntRange(1, 100000), default=16, show_default=True, help="Concurrency slots."
+)
+@click.option("--cpu", default=None, help="Cores to offer (default: cores of the host).")
+@click.option(
+    "--memory",
+    default=None,
+    help="Memory to offer in MB, or with a unit: 8192, 8GiB (default: RAM of the host).",
+)
+@click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable; default: default).")
+@click.option(
+    "--name", default=None, help="Display name (default host:pid). The id is fresh for every process."
+)
+@click.option(
+    "--execution-api-url",
+    default=None,
+    help="Airflow Execution API (default: Airflow's [core] execution_api_server_url).",
+)
+@click.option("--heartbeat-interval", type=float, default=None, help="Seconds between lease renewals.")
+@click.option(
+    "--lease-timeout", type=float, default=None, help="Seconds without a heartbeat before the runner is lost."
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=None,
+    help="Seconds SIGTERM waits for running tasks before stopping them.",
+)
+@click.option(
+    "--kill-grace",
+    type=click.FloatRange(min=0),
+    default=None,
     help="Seconds between SIGTERM and SIGKILL when the runner stops a task (default 5). Also RTX_KILL_GRACE.",
 )
 @click.option(
-    "--spare-processes", type=click.IntRange(0, 64), default=2, show_default=True,
+    "--spare-processes",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
     help="Warm task processes kept forked ahead of time (a task starts with one pipe write).",
 )
-@click.option("--poll-interval", "runner_poll_interval", type=float, default=None, help="Seconds between polls when no NOTIFY arrives.")
 @click.option(
-    "--usage-interval", type=float, default=None,
+    "--poll-interval",
+    "runner_poll_interval",
+    type=float,
+    default=None,
+    help="Seconds between polls when no NOTIFY arrives.",
+)
+@click.option(
+    "--usage-interval",
+    type=float,
+    default=None,
     help="Seconds between samples of each task's CPU and memory (default 5). Also RTX_USAGE_INTERVAL.",
 )
 @click.option(
-    "--enforce-memory/--no-enforce-memory", default=None,
+    "--enforce-memory/--no-enforce-memory",
+    default=None,
     help="Stop a task whose memory passes its reservation by --memory-margin (default off: only warn, in the "
     "runner's log and the task's own log). Also RTX_ENFORCE_MEMORY.",
 )
 @click.option(
-    "--memory-margin", type=click.FloatRange(min=0), default=None,
+    "--memory-margin",
+    type=click.FloatRange(min=0),
+    default=None,
     help="Percent over its memory reservation a task may use before --enforce-memory stops it, and the "
     "headroom of its hard limit with --isolation cgroup (default 10). Also RTX_MEMORY_MARGIN.",
 )
 @click.option(
-    "--isolation", type=click.Choice(["none", "cgroup"]), default=None,
+    "--isolation",
+    type=click.Choice(["none", "cgroup"]),
+    default=None,
     help="cgroup: run each task in a cgroup of its own, with a hard memory limit (reservation + --memory-margin) "
     "and a CPU weight (or quota, --cpu-limit); usage and OOM kills read from it (docs/isolation.md). Default none. "
     "Also RTX_ISOLATION.",
 )
 @click.option(
-    "--cgroup-root", default=None,
+    "--cgroup-root",
+    default=None,
     help="With --isolation cgroup: the cgroup (a path as in /proc/self/cgroup, e.g. /rtx) task cgroups go under "
     "(default: the runner's own cgroup). Also RTX_CGROUP_ROOT.",
 )
 @click.option(
-    "--cpu-limit/--no-cpu-limit", default=None,
+    "--cpu-limit/--no-cpu-limit",
+    default=None,
     help="With --isolation cgroup: also cap each task at its CPU request (a quota of request x period), not only "
     "weight it (default off). Also RTX_CPU_LIMIT.",
 )
 @click.option(
-    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
     help="Serve Prometheus metrics (capacity, reserved and used resources, pickup latency, outcomes; see "
     "docs/metrics.md) on this port at /metrics. Default 0 = off. Also RTX_METRICS_PORT.",
 )
-@click.option("--metrics-host", default=None, help="Address the metrics server binds to (default 127.0.0.1). Also RTX_METRICS_HOST.")
 @click.option(
-    "--serve-logs/--no-serve-logs", default=False, envvar="RTX_SERVE_LOGS", show_default=True,
+    "--metrics-host",
+    default=None,
+    help="Address the metrics server binds to (default 127.0.0.1). Also RTX_METRICS_HOST.",
+)
+@click.option(
+    "--serve-logs/--no-serve-logs",
+    default=False,
+    envvar="RTX_SERVE_LOGS",
+    show_default=True,
     help="Serve task logs on Airflow's [logging] worker_log_server_port for the api-server (as Celery workers "
     "do), when it cannot read this host's log folder. One runner per host is enough. Also RTX_SERVE_LOGS.",
 )
-def serve(slots, cpu, memory, queues, name, execution_api_url, spare_processes, serve_logs, **options) -> None:
+def serve(
+    slots, cpu, memory, queues, name, execution_api_url, spare_processes, serve_logs, **options
+) -> None:
     """Run assigned tasks until SIGTERM, then drain."""
     from runner.service import Capacity, Runner
 

@@ -62,6 +62,7 @@ def drop_database_env(environ: MutableMapping[str, str], allow: str = "") -> lis
         del environ[name]
     return dropped
 
+
 TaskFunction = Callable[[str, dict[str, str], "str | None", str], None]
 
 

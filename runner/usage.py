@@ -148,7 +148,10 @@ def _oom_counter_file() -> Path | None:
             _, controllers, path = line.split(":", 2)
             rel = path.lstrip("/")
             if controllers == "":  # cgroup v2
-                candidates += [Path("/sys/fs/cgroup", rel, "memory.events"), Path("/sys/fs/cgroup/memory.events")]
+                candidates += [
+                    Path("/sys/fs/cgroup", rel, "memory.events"),
+                    Path("/sys/fs/cgroup/memory.events"),
+                ]
             elif "memory" in controllers.split(","):
                 candidates += [
                     Path("/sys/fs/cgroup/memory", rel, "memory.oom_control"),

@@ -350,7 +350,9 @@ class RuntimeExecutor(BaseExecutor):
                 with create_session(scoped=False) as own_session:
                     dag = compat.dag_of_version(ti.dag_version_id, own_session)
                     tasks = dag.tasks if dag is not None else ()
-                    by_task = {t.task_id: r for t in tasks if (r := getattr(t, "resources", None)) is not None}
+                    by_task = {
+                        t.task_id: r for t in tasks if (r := getattr(t, "resources", None)) is not None
+                    }
             except Exception:  # noqa: BLE001 - resources are optional; never fail queueing over them
                 self.log.warning("could not read resources of %s.%s", ti.dag_id, ti.task_id, exc_info=True)
                 return None  # not cached: the next task of this DAG version tries again

@@ -52,7 +52,9 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if log_format == "json" else structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info
+            if log_format == "json"
+            else structlog.processors.StackInfoRenderer(),
             _redact,
             renderer,
         ],

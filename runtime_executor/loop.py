@@ -85,7 +85,9 @@ class Loop:
                     more = self._tick()
                 except Exception as exc:  # noqa: BLE001 - a loop must survive any failure of one tick
                     self.failures += 1
-                    delay = min(self.max_backoff, 0.2 * 2 ** min(self.failures - 1, 10)) * random.uniform(0.8, 1.2)
+                    delay = min(self.max_backoff, 0.2 * 2 ** min(self.failures - 1, 10)) * random.uniform(
+                        0.8, 1.2
+                    )
                     self._log_failure(exc, delay)
                     self._stopping.wait(delay)
                     continue

@@ -111,7 +111,9 @@ class AirflowStack:
             [exe, *argv[1:]], env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=self.home
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
     def start(self, components: tuple[str, ...] = COMPONENTS) -> None:
@@ -145,9 +147,13 @@ class AirflowStack:
                 pass
             proc = self.procs.get("api-server")
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"api-server exited with {proc.returncode}:\n{self.component_log('api-server')[-4000:]}")
+                raise RuntimeError(
+                    f"api-server exited with {proc.returncode}:\n{self.component_log('api-server')[-4000:]}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"api-server not healthy after {timeout}s:\n{self.component_log('api-server')[-4000:]}")
+                raise RuntimeError(
+                    f"api-server not healthy after {timeout}s:\n{self.component_log('api-server')[-4000:]}"
+                )
             time.sleep(0.5)
 
     def component_log(self, component: str) -> str:
@@ -200,13 +206,17 @@ class AirflowStack:
         deadline = time.monotonic() + timeout
         while self.api("GET", f"/api/v2/dags/{dag_id}").status_code != 200:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"DAG {dag_id} not parsed after {timeout}s:\n{self.component_log('dag-processor')[-4000:]}")
+                raise RuntimeError(
+                    f"DAG {dag_id} not parsed after {timeout}s:\n{self.component_log('dag-processor')[-4000:]}"
+                )
             time.sleep(0.5)
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         self.wait_for_dag(dag_id)
         self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        response = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        response = self.api(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}
+        )
         response.raise_for_status()
         return response.json()["dag_run_id"]
 

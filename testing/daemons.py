@@ -74,7 +74,12 @@ class Daemons:
         self.started: list[Daemon] = []
 
     def allocator(self, *args: str, name: str = "allocator", **env: str) -> Daemon:
-        d = Daemon(name, [sys.executable, "-m", "allocator", "serve", *args], daemon_env(self.db_url, **env), self.log_dir)
+        d = Daemon(
+            name,
+            [sys.executable, "-m", "allocator", "serve", *args],
+            daemon_env(self.db_url, **env),
+            self.log_dir,
+        )
         self.started.append(d)
         return d
 
@@ -99,7 +104,9 @@ class Daemons:
         return "\n".join(f"===== {d.name} =====\n{d.log()}" for d in self.started)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.05, what: str = "") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 30, interval: float = 0.05, what: str = ""
+) -> object:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -36,9 +36,16 @@ def main() -> None:
     with db.transaction() as gw:
         for i, runner_id in enumerate(ids):
             gw.register_runner(
-                id=runner_id, name=f"sim-{i:03d}", hostname=socket.gethostname(), pid=os.getpid(),
-                queues=["default"], slots=args.slots, cpu=args.cpu, memory_mb=args.memory,
-                version="sim", lease_timeout=args.lease_timeout,
+                id=runner_id,
+                name=f"sim-{i:03d}",
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                queues=["default"],
+                slots=args.slots,
+                cpu=args.cpu,
+                memory_mb=args.memory,
+                version="sim",
+                lease_timeout=args.lease_timeout,
             )
     print(f"registered {len(ids)}", flush=True)
     stop = threading.Event()

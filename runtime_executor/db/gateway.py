@@ -100,12 +100,12 @@ class Gateway:
 
     def assign(self, ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> int:
         """Assign the claimed rows (``ctid`` and ``id`` as claim_unassigned returned them)."""
-        return self.execute("assign", {"ctids": list(ctids), "ids": list(ids), "runner_ids": list(runner_ids)})
+        return self.execute(
+            "assign", {"ctids": list(ctids), "ids": list(ids), "runner_ids": list(runner_ids)}
+        )
 
     def mark_unschedulable(self, reasons: Mapping[str, str]) -> list[Row]:
-        return self.fetch(
-            "mark_unschedulable", {"ids": list(reasons), "reasons": list(reasons.values())}
-        )
+        return self.fetch("mark_unschedulable", {"ids": list(reasons), "reasons": list(reasons.values())})
 
     def clear_unschedulable(self, ids: Sequence[str]) -> int:
         return self.execute("clear_unschedulable", {"ids": list(ids)})
@@ -159,14 +159,22 @@ class Gateway:
         return sorted(rows, key=lambda r: -r["priority_weight"])
 
     def set_allocation_pids(self, runner_id: str, pids: dict[str, int]) -> None:
-        self.execute("set_allocation_pid", {"runner_id": runner_id, "ids": list(pids), "pids": list(pids.values())})
+        self.execute(
+            "set_allocation_pid", {"runner_id": runner_id, "ids": list(pids), "pids": list(pids.values())}
+        )
 
     def finish_allocation(
         self, allocation_id: str, runner_id: str, state: str, exit_code: int | None, reason: str | None
     ) -> str | None:
         rows = self.fetch(
             "finish_allocation",
-            {"id": allocation_id, "runner_id": runner_id, "state": state, "exit_code": exit_code, "reason": reason},
+            {
+                "id": allocation_id,
+                "runner_id": runner_id,
+                "state": state,
+                "exit_code": exit_code,
+                "reason": reason,
+            },
         )
         return rows[0]["state"] if rows else None
 
@@ -188,7 +196,12 @@ class Gateway:
         """One usage sample of running allocations (latest cpu and memory, peak memory), in one statement."""
         return self.execute(
             "update_usage",
-            {"ids": list(ids), "runner_ids": list(runner_ids), "cpu_percents": list(cpu_percents), "rss_mbs": list(rss_mbs)},
+            {
+                "ids": list(ids),
+                "runner_ids": list(runner_ids),
+                "cpu_percents": list(cpu_percents),
+                "rss_mbs": list(rss_mbs),
+            },
         )
 
     def release_assigned(self, runner_id: str) -> list[str]:

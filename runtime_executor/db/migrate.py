@@ -68,7 +68,9 @@ def migrate(conn, schema: str) -> list[str]:
         cur = conn.cursor()
         # DDL may wait for locks and build indexes on big tables: no session limit applies here
         cur.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": f"rtx.migrate.{schema}"})
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": f"rtx.migrate.{schema}"}
+        )
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         cur.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('

@@ -33,7 +33,10 @@ class Stack:
 
     def logs(self) -> str:
         parts = [f"===== {d.name} =====\n{d.log()[-6000:]}" for d in self.daemons]
-        parts += [f"===== {c} =====\n{self.airflow.component_log(c)[-6000:]}" for c in ("scheduler", "dag-processor")]
+        parts += [
+            f"===== {c} =====\n{self.airflow.component_log(c)[-6000:]}"
+            for c in ("scheduler", "dag-processor")
+        ]
         return "\n".join(parts)
 
     def stop(self) -> None:
@@ -61,8 +64,30 @@ def stack(pg_admin_url, tmp_path_factory, request) -> Iterator[Stack]:
         airflow.prepare()
         airflow.start()
         s.daemon("allocator", "allocator")
-        s.daemon("runner-small", "runner", "--slots", "4", "--cpu", "2", "--memory", "2048", "--name", "runner-small")
-        s.daemon("runner-large", "runner", "--slots", "8", "--cpu", "4", "--memory", "6144", "--name", "runner-large")
+        s.daemon(
+            "runner-small",
+            "runner",
+            "--slots",
+            "4",
+            "--cpu",
+            "2",
+            "--memory",
+            "2048",
+            "--name",
+            "runner-small",
+        )
+        s.daemon(
+            "runner-large",
+            "runner",
+            "--slots",
+            "8",
+            "--cpu",
+            "4",
+            "--memory",
+            "6144",
+            "--name",
+            "runner-large",
+        )
         yield s
     finally:
         s.stop()

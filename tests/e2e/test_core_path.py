@@ -35,15 +35,17 @@ def test_tasks_with_different_requests_all_succeed(stack):
     # the DAG run is done when the tasks report success; the runner records the process exits just after
     rows = wait_for(
         lambda: (
-            r := query(
-                stack.airflow.database_url,
-                "SELECT task_id, slots, cpu, memory_mb, state, runner_id::text, id::text FROM runtime_executor.allocations"
-                " WHERE dag_id = 'rtx_core' AND run_id = %(r)s",
-                {"r": run_id},
+            (
+                r := query(
+                    stack.airflow.database_url,
+                    "SELECT task_id, slots, cpu, memory_mb, state, runner_id::text, id::text FROM runtime_executor.allocations"
+                    " WHERE dag_id = 'rtx_core' AND run_id = %(r)s",
+                    {"r": run_id},
+                )
             )
-        )
-        and all(row[4] != "running" for row in r)
-        and r,
+            and all(row[4] != "running" for row in r)
+            and r
+        ),
         30,
     )
     by_task = {r[0]: r for r in rows}
@@ -106,7 +108,9 @@ def test_bad_request_fails_that_task_at_once_with_a_clear_reason(stack):
     )[0][0]
     assert "rtx_bad_request.too_many_slots" in reason and "slots=65" in reason
     # visible to the user in the task instance's audit log
-    events = stack.airflow.api("GET", "/api/v2/eventLogs", params={"dag_id": "rtx_bad_request", "limit": 100}).json()
+    events = stack.airflow.api(
+        "GET", "/api/v2/eventLogs", params={"dag_id": "rtx_bad_request", "limit": 100}
+    ).json()
     assert "slots=65" in json.dumps(events)
 
 
@@ -135,8 +139,13 @@ def test_strategies_place_as_described_and_never_overrun_a_runner(stack):
     for strategy in ("EvenSpreadStrategy", "MaxPackingStrategy"):
         # start from idle runners: earlier task processes may still be exiting after their runs ended
         wait_for(
-            lambda: query(url, "SELECT count(*) FROM runtime_executor.allocations WHERE state IN ('assigned', 'running')")
-            == [(0,)],
+            lambda: (
+                query(
+                    url,
+                    "SELECT count(*) FROM runtime_executor.allocations WHERE state IN ('assigned', 'running')",
+                )
+                == [(0,)]
+            ),
             30,
         )
         for d in stack.daemons:

@@ -23,11 +23,16 @@ def test_scheduler_killed_and_restarted_adopts_the_running_task(stack):
     run_id = airflow.trigger("rtx_long")
     url = airflow.database_url
     wait_for(
-        lambda: query(url, "SELECT state FROM runtime_executor.allocations WHERE dag_id = 'rtx_long'") == [("running",)],
+        lambda: (
+            query(url, "SELECT state FROM runtime_executor.allocations WHERE dag_id = 'rtx_long'")
+            == [("running",)]
+        ),
         120,
         what="the task to run",
     )
-    [(old_job,)] = query(url, "SELECT scheduler_job_id FROM runtime_executor.allocations WHERE dag_id = 'rtx_long'")
+    [(old_job,)] = query(
+        url, "SELECT scheduler_job_id FROM runtime_executor.allocations WHERE dag_id = 'rtx_long'"
+    )
     airflow.stop_component("scheduler", sig=signal.SIGKILL)
     time.sleep(7)  # past the health-check threshold: the old scheduler job is dead
     airflow.start_component("scheduler")
@@ -36,6 +41,7 @@ def test_scheduler_killed_and_restarted_adopts_the_running_task(stack):
     except Exception:
         print(stack.logs())
         raise
+
     # The task reports its own state to Airflow's API, so the run can be done a moment before the
     # runner has recorded the process's exit and the new scheduler's sync has reported it.
     def reported() -> list[tuple] | None:

@@ -8,7 +8,9 @@ from tests.support.allocations import insert_allocations, lock_rows
 
 
 def _states(rtx, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    rows = rtx.rows("SELECT id, state, runner_id FROM {schema}.allocations WHERE id = ANY(%s::uuid[])", (ids,))
+    rows = rtx.rows(
+        "SELECT id, state, runner_id FROM {schema}.allocations WHERE id = ANY(%s::uuid[])", (ids,)
+    )
     return {str(r["id"]): (r["state"], r["runner_id"] and str(r["runner_id"])) for r in rows}
 
 
@@ -19,7 +21,9 @@ def test_assign_moves_only_unassigned_rows_it_claimed(rtx, rtx_db):
         claimed = lock_rows(gw, ids)
         # the first row changed after the claim's read (not possible for a real claim, which holds
         # the row lock, but the guard must not depend on that)
-        gw.conn.execute(f'UPDATE "{gw.schema}".allocations SET state = %s WHERE id = %s', ("cancelled", claimed[0][1]))
+        gw.conn.execute(
+            f'UPDATE "{gw.schema}".allocations SET state = %s WHERE id = %s', ("cancelled", claimed[0][1])
+        )
         # a location that holds another row than the id asked for: the id guard refuses it
         assert gw.assign([claimed[1][0]], [claimed[2][1]], [runner_id]) == 0
         assigned = gw.assign([c[0] for c in claimed], [c[1] for c in claimed], [runner_id] * 3)

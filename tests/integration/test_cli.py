@@ -405,4 +405,3 @@ def test_resume_does_not_revive_a_runner_that_is_shutting_down(rtx_db, rtx, tmp_
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         runner.stop()
-

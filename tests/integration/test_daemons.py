@@ -127,7 +127,11 @@ def test_workload_token_never_in_argv_or_logs_and_cleared_when_done(db, daemons,
     for proc in psutil.process_iter(["cmdline"]):  # while the task runs
         assert secret not in " ".join(proc.info["cmdline"] or []), proc.pid
     assert wait_states(daemons.db_url, [allocation], DONE) == {allocation: "succeeded"}
-    [(workload,)] = query(daemons.db_url, "SELECT workload FROM runtime_executor.allocations WHERE id = %(a)s", {"a": allocation})
+    [(workload,)] = query(
+        daemons.db_url,
+        "SELECT workload FROM runtime_executor.allocations WHERE id = %(a)s",
+        {"a": allocation},
+    )
     assert workload is None  # cleared once terminal
     assert secret not in runner.log()
 
@@ -161,7 +165,9 @@ def test_no_database_credentials_reach_a_task_unless_allowed(db, daemons, tmp_pa
         **FAST,
     )
     wait_runners(daemons.db_url, 1)
-    [probe] = insert_allocations(db, 1, workload={"env_dump": str(env_dump), "proc_env_dump": str(proc_env_dump)})
+    [probe] = insert_allocations(
+        db, 1, workload={"env_dump": str(env_dump), "proc_env_dump": str(proc_env_dump)}
+    )
     assert wait_states(daemons.db_url, [probe], DONE) == {probe: "succeeded"}
     env, started_with = json.loads(env_dump.read_text()), json.loads(proc_env_dump.read_text())
     assert env["RTX_ALLOCATION_ID"] == probe
@@ -169,4 +175,8 @@ def test_no_database_credentials_reach_a_task_unless_allowed(db, daemons, tmp_pa
         leaked = sorted(name for name in [*DATABASE_CREDENTIAL_ENV, "RTX_DATABASE_URL"] if name in seen)
         assert leaked == ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"]  # the one allowed
         assert seen["AIRFLOW_CONN_WAREHOUSE"] == "postgresql://dag:dagpw@warehouse/dw"
-        assert not any("pw-" in value for name, value in seen.items() if name != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC")
+        assert not any(
+            "pw-" in value
+            for name, value in seen.items()
+            if name != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
+        )

@@ -701,7 +701,9 @@ def test_callback_workload_is_queued_and_its_outcome_reported_with_a_callback_ke
     runner_id = register_runner(rtx_db)
     start_on_runner(rtx_db, allocation_id, runner_id)
     executor.sync()
-    assert _events(executor) == {compat.callback_key(workload.callback.id): (CallbackState.RUNNING, allocation_id)}
+    assert _events(executor) == {
+        compat.callback_key(workload.callback.id): (CallbackState.RUNNING, allocation_id)
+    }
     finish_on_runner(rtx_db, allocation_id, runner_id, "succeeded")
     executor.sync()
     events = _events(executor)

@@ -70,17 +70,32 @@ def test_kill9_runner_rescues_its_work(db, daemons, tmp_path):
     lost = wait_states(daemons.db_url, running, {"lost"}, timeout=30)
     assert set(lost.values()) == {"lost"}
     assert time.monotonic() - t_kill < 3 + 3  # lease timeout plus a rescue pass or two
-    reasons = {r[0] for r in query(daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = ANY(%(i)s::uuid[])", {"i": running})}
+    reasons = {
+        r[0]
+        for r in query(
+            daemons.db_url,
+            "SELECT reason FROM runtime_executor.allocations WHERE id = ANY(%(i)s::uuid[])",
+            {"i": running},
+        )
+    }
     assert reasons == {f"runner victim ({victim_id}) stopped heartbeating; its lease expired"}
     # the assigned-not-started ones never ran on the victim: they went back and ran on the survivor
     assert set(wait_states(daemons.db_url, waiting, DONE).values()) == {"succeeded"}
-    survivor_of = dict(query(daemons.db_url, "SELECT id::text, runner_id::text FROM runtime_executor.allocations WHERE id = ANY(%(i)s::uuid[])", {"i": waiting}))
+    survivor_of = dict(
+        query(
+            daemons.db_url,
+            "SELECT id::text, runner_id::text FROM runtime_executor.allocations WHERE id = ANY(%(i)s::uuid[])",
+            {"i": waiting},
+        )
+    )
     assert victim_id not in survivor_of.values()
     records = read_records(record)
     for pid in _pids_of(records, running):
         wait_for(lambda pid=pid: not psutil.pid_exists(pid), 10, what=f"task {pid} to die with its runner")
     _never_twice_at_once(records)
-    assert query(daemons.db_url, "SELECT state FROM runtime_executor.runners WHERE id = %(r)s", {"r": victim_id}) == [("lost",)]
+    assert query(
+        daemons.db_url, "SELECT state FROM runtime_executor.runners WHERE id = %(r)s", {"r": victim_id}
+    ) == [("lost",)]
 
 
 @contextlib.contextmanager
@@ -116,14 +131,24 @@ def test_runner_cut_off_from_the_database_fences_itself(db, daemons, tmp_path, p
         assert t_fenced - t_cut <= 3 + 1  # stopped by the time its lease (3 s) ran out
         proxy.restore()
         new_ids = wait_for(
-            lambda: [r[0] for r in query(daemons.db_url, "SELECT id::text FROM runtime_executor.runners WHERE state = 'active'") if r[0] != old_id],
+            lambda: [
+                r[0]
+                for r in query(
+                    daemons.db_url, "SELECT id::text FROM runtime_executor.runners WHERE state = 'active'"
+                )
+                if r[0] != old_id
+            ],
             30,
             what="the runner to register again",
         )
         assert new_ids
         [after] = insert_allocations(db, 1, workload={"record": str(record)})
         assert wait_states(daemons.db_url, [after], DONE) == {after: "succeeded"}
-        events = query(daemons.db_url, "SELECT to_state FROM runtime_executor.allocation_events WHERE allocation_id = %(a)s ORDER BY id", {"a": task})
+        events = query(
+            daemons.db_url,
+            "SELECT to_state FROM runtime_executor.allocation_events WHERE allocation_id = %(a)s ORDER BY id",
+            {"a": task},
+        )
         assert [e[0] for e in events].count("lost") == 1  # rescued once
         _never_twice_at_once(read_records(record))
 
@@ -138,7 +163,12 @@ def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, 
     expiry on the database clock (``runners.lease_expires_at``, the same host clock as the tasks'
     own timestamps), and the retry must start after both."""
     record = tmp_path / "record.txt"
-    with _task_on_a_runner_behind_a_proxy(db, daemons, record, slots=1, term_grace=60) as (proxy, old_runner, task, pid):
+    with _task_on_a_runner_behind_a_proxy(db, daemons, record, slots=1, term_grace=60) as (
+        proxy,
+        old_runner,
+        task,
+        pid,
+    ):
         daemons.runner("--slots", "1", name="healthy", **FAST)
         wait_runners(daemons.db_url, 2)
         proxy.cut()
@@ -147,7 +177,9 @@ def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, 
         while True:  # the scheduler's side: retry_delay=0, the retry is queued the moment it is lost
             if seen_dead is None and not psutil.pid_exists(pid):
                 seen_dead = time.time()
-            [(state,)] = query(daemons.db_url, "SELECT state FROM runtime_executor.allocations WHERE id = %(a)s", {"a": task})
+            [(state,)] = query(
+                daemons.db_url, "SELECT state FROM runtime_executor.allocations WHERE id = %(a)s", {"a": task}
+            )
             if state == "lost":
                 [retry] = insert_allocations(db, 1, workload={"record": str(record)})
                 break
@@ -166,7 +198,9 @@ def test_fencing_kills_the_task_before_the_database_calls_its_lease_expired(db, 
         )
         records = read_records(record)
         old_runs = {what: at for what, allocation, _r, _p, at in records if allocation == task}
-        [retry_start] = [at for what, allocation, *_rest, at in records if allocation == retry and what == "start"]
+        [retry_start] = [
+            at for what, allocation, *_rest, at in records if allocation == retry and what == "start"
+        ]
         print(
             f"SIGTERM {lease_expired_at - old_runs['term']:.2f} s and death seen {lease_expired_at - seen_dead:.2f} s"
             f" before the database's lease expiry; lost {lost_at - lease_expired_at:.2f} s after it;"
@@ -273,7 +307,9 @@ def test_task_killed_by_a_signal_is_reported_with_it(db, daemons, tmp_path):
     task, pid = _one_long_task(db, daemons, tmp_path)
     os.kill(pid, signal.SIGKILL)
     assert wait_states(daemons.db_url, [task], DONE) == {task: "failed"}
-    reason = query(daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = %(a)s", {"a": task})[0][0]
+    reason = query(
+        daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = %(a)s", {"a": task}
+    )[0][0]
     assert reason == "task process killed by signal SIGKILL"
 
 

@@ -22,7 +22,7 @@ from tests.support.fixtures import wait_states
 def login(db_url):
     name = f"rtx_login_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD \'pw-{name}\'')
+        conn.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD 'pw-{name}'")
     parts = urlsplit(db_url)
     url = parts._replace(netloc=f"{name}:pw-{name}@{parts.hostname}:{parts.port}").geturl()
     yield name, url
@@ -61,8 +61,16 @@ def test_runner_role_runs_tasks_but_cannot_touch_requests(db, db_url, login):
     try:
         with as_runner.transaction() as gw:
             gw.register_runner(
-                id=runner_id, name="r", hostname="h", pid=1, queues=["default"], slots=4, cpu=1.0,
-                memory_mb=1024, version="t", lease_timeout=30,
+                id=runner_id,
+                name="r",
+                hostname="h",
+                pid=1,
+                queues=["default"],
+                slots=4,
+                cpu=1.0,
+                memory_mb=1024,
+                version="t",
+                lease_timeout=30,
             )
         with db.transaction() as gw:
             assign_to(gw, [allocation], runner_id)

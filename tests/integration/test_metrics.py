@@ -58,7 +58,9 @@ def test_daemons_serve_prometheus_metrics(db, daemons):
     env = {**FAST, "RTX_ALLOCATOR_POLL_INTERVAL": "0.5", "RTX_USAGE_INTERVAL": "0.5"}
     a_port, r1_port, r2_port = free_port(), free_port(), free_port()
     daemons.allocator("--metrics-port", str(a_port), **env)
-    daemons.runner("--slots", "2", "--cpu", "2", "--memory", "1000", "--metrics-port", str(r1_port), name="r1", **env)
+    daemons.runner(
+        "--slots", "2", "--cpu", "2", "--memory", "1000", "--metrics-port", str(r1_port), name="r1", **env
+    )
     wait_runners(daemons.db_url, 1)
     wait_for(lambda: answers(a_port) and answers(r1_port), 20, what="metrics endpoints")
 
@@ -80,8 +82,10 @@ def test_daemons_serve_prometheus_metrics(db, daemons):
     wait_states(daemons.db_url, [*ok, bad], DONE)
     r1 = wait_metric(
         r1_port,
-        lambda s: s.get_value("rtx_task_completions_total", runner="r1", outcome="succeeded") == 3
-        and s.get_value("rtx_task_completions_total", runner="r1", outcome="failed") == 1,
+        lambda s: (
+            s.get_value("rtx_task_completions_total", runner="r1", outcome="succeeded") == 3
+            and s.get_value("rtx_task_completions_total", runner="r1", outcome="failed") == 1
+        ),
         "completions on r1",
     )
     assert r1.get_value("rtx_pickup_latency_seconds_count", queue="default") == 4
@@ -124,8 +128,10 @@ def test_daemons_serve_prometheus_metrics(db, daemons):
     wait_states(daemons.db_url, batch, {"running"})
     alloc = wait_metric(
         a_port,
-        lambda s: s.get_value("rtx_allocations", queue="batch", state="unassigned") == 0
-        and s.get_value("rtx_allocations", queue="batch", state="running") == 3,
+        lambda s: (
+            s.get_value("rtx_allocations", queue="batch", state="unassigned") == 0
+            and s.get_value("rtx_allocations", queue="batch", state="running") == 3
+        ),
         "queue depth of batch back to 0",
     )
     assert alloc.get_value("rtx_placement_latency_seconds_count", queue="batch") == 3
@@ -133,7 +139,9 @@ def test_daemons_serve_prometheus_metrics(db, daemons):
     with db.transaction() as gw:
         gw.cancel_allocations([huge])
     wait_metric(
-        a_port, lambda s: s.get_value("rtx_unschedulable_allocations", queue="default") == 0, "unschedulable 0"
+        a_port,
+        lambda s: s.get_value("rtx_unschedulable_allocations", queue="default") == 0,
+        "unschedulable 0",
     )
 
     # kill -9 the batch runner: the allocator counts the rescue
@@ -142,8 +150,10 @@ def test_daemons_serve_prometheus_metrics(db, daemons):
     wait_states(daemons.db_url, batch, {"lost"}, timeout=30)
     alloc = wait_metric(
         a_port,
-        lambda s: s.get_value("rtx_rescues_total", outcome="runner_lost") == 1
-        and s.get_value("rtx_rescues_total", outcome="allocation_lost") == 3,
+        lambda s: (
+            s.get_value("rtx_rescues_total", outcome="runner_lost") == 1
+            and s.get_value("rtx_rescues_total", outcome="allocation_lost") == 3
+        ),
         "rescue counters",
     )
     assert alloc.get_value("rtx_rescues_total", outcome="allocation_returned") == 0
@@ -203,7 +213,9 @@ class RecordingStats:
         return out
 
     def gauges(self) -> dict[str, object]:
-        return {stat: value for kind, stat, value in self.calls if kind == "gauge" and stat.startswith("rtx.")}
+        return {
+            stat: value for kind, stat, value in self.calls if kind == "gauge" and stat.startswith("rtx.")
+        }
 
 
 @pytest.fixture

@@ -33,7 +33,9 @@ def _transitions(db_url: str, allocation_id: str) -> list[tuple[str | None, str]
     )
 
 
-def test_a_start_that_failed_before_it_ran_is_placed_again_and_succeeds_on_the_same_try(db, daemons, tmp_path):
+def test_a_start_that_failed_before_it_ran_is_placed_again_and_succeeds_on_the_same_try(
+    db, daemons, tmp_path
+):
     record = tmp_path / "record.txt"
     daemons.allocator(**FAST)
     daemons.runner(name="r1", RTX_TEST_FAIL_LAUNCHES="2", **FAST)  # start_retries: the default, 3
@@ -46,9 +48,16 @@ def test_a_start_that_failed_before_it_ran_is_placed_again_and_succeeds_on_the_s
         f"attempt {n} (runner {runner_id}): could not start task process: {HOOK}" for n in (1, 2)
     ]
     assert [e[1] for e in _transitions(daemons.db_url, task)] == [
-        "unassigned", "assigned", "running", "unassigned",  # first start failed: placed again
-        "assigned", "running", "unassigned",
-        "assigned", "running", "succeeded",
+        "unassigned",
+        "assigned",
+        "running",
+        "unassigned",  # first start failed: placed again
+        "assigned",
+        "running",
+        "unassigned",
+        "assigned",
+        "running",
+        "succeeded",
     ]
     assert [r[1] for r in read_records(record) if r[0] == "start"] == [task]  # its code ran once
 
@@ -62,7 +71,9 @@ def test_more_failed_starts_than_start_retries_fail_with_every_attempts_reason(d
     assert wait_states(daemons.db_url, [task], DONE, timeout=30) == {task: "failed"}
     state, try_number, attempts, failures, reason = _row(daemons.db_url, task)
     assert (state, try_number, attempts) == ("failed", 1, 3)  # placed again twice, then failed
-    attempts_text = [f"attempt {n} (runner {runner_id}): could not start task process: {HOOK}" for n in (1, 2, 3)]
+    attempts_text = [
+        f"attempt {n} (runner {runner_id}): could not start task process: {HOOK}" for n in (1, 2, 3)
+    ]
     assert failures == attempts_text
     assert reason == "the task never started (3 failed starts): " + "; ".join(attempts_text)
     assert [e[1] for e in _transitions(daemons.db_url, task)].count("unassigned") == 3  # insert + 2 put back

@@ -34,7 +34,10 @@ def over_reservation_warnings(runner_log: str, allocation_id: str) -> list[dict]
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("event") == "task over its memory reservation" and record.get("allocation_id") == allocation_id:
+        if (
+            record.get("event") == "task over its memory reservation"
+            and record.get("allocation_id") == allocation_id
+        ):
             out.append(record)
     return out
 

@@ -44,7 +44,9 @@ def test_soak_with_a_runner_killed_every_few_seconds(db, daemons, tmp_path):
         assert time.monotonic() < deadline, "soak did not finish in 15 minutes"
         if inserted < total:  # about 250 tasks/s offered
             batch = min(50, total - inserted)
-            insert_allocations(db, batch, workload={"sleep": rng.choice([0, 0.05, 0.2]), "record": str(record)})
+            insert_allocations(
+                db, batch, workload={"sleep": rng.choice([0, 0.05, 0.2]), "record": str(record)}
+            )
             inserted += batch
         if time.monotonic() >= next_chaos:
             name = rng.choice(sorted(runners))
@@ -54,13 +56,20 @@ def test_soak_with_a_runner_killed_every_few_seconds(db, daemons, tmp_path):
             next_chaos = time.monotonic() + chaos_every
         time.sleep(0.2)
     elapsed = time.monotonic() - started
-    states = Counter(dict(query(daemons.db_url, "SELECT state, count(*) FROM runtime_executor.allocations GROUP BY state")))
+    states = Counter(
+        dict(query(daemons.db_url, "SELECT state, count(*) FROM runtime_executor.allocations GROUP BY state"))
+    )
     records = read_records(record)
     starts = Counter(r[1] for r in records if r[0] == "start")
     assert sum(states.values()) == total
     assert max(starts.values()) == 1  # no allocation ever started twice
     # every succeeded allocation started exactly once and ended; lost ones were cut off by a kill
-    succeeded = {r[0] for r in query(daemons.db_url, "SELECT id::text FROM runtime_executor.allocations WHERE state = 'succeeded'")}
+    succeeded = {
+        r[0]
+        for r in query(
+            daemons.db_url, "SELECT id::text FROM runtime_executor.allocations WHERE state = 'succeeded'"
+        )
+    }
     assert succeeded <= set(starts)
     assert_never_overcommitted(daemons.db_url)
     summary = {

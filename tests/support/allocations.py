@@ -50,7 +50,6 @@ def insert_allocations(
     return ids
 
 
-
 def lock_rows(gw: Gateway, ids: list[str]) -> list[tuple[str, Any]]:
     """(ctid, id) of these allocations, locked FOR UPDATE in id order, as the allocator's claim does."""
     cur = gw.conn.execute(

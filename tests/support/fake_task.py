@@ -68,6 +68,7 @@ def _spin(seconds: float, procs: int) -> None:
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     spec = json.loads(workload_json or "{}")
     if spec.get("term_grace") is not None:
+
         def on_term(_signum, _frame) -> None:
             _record(spec.get("record"), "term")
             time.sleep(float(spec["term_grace"]))

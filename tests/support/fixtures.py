@@ -10,7 +10,12 @@ from testing.daemons import Daemons, query, wait_for
 
 # Short leases for tests. A runner needs lease_timeout > heartbeat_interval + kill_grace + 1 s (room to
 # fence before the database calls the lease expired), so the 3 s lease takes a 1 s kill grace.
-FAST = {"RTX_HEARTBEAT_INTERVAL": "0.5", "RTX_LEASE_TIMEOUT": "3", "RTX_KILL_GRACE": "1", "RTX_DRAIN_TIMEOUT": "20"}
+FAST = {
+    "RTX_HEARTBEAT_INTERVAL": "0.5",
+    "RTX_LEASE_TIMEOUT": "3",
+    "RTX_KILL_GRACE": "1",
+    "RTX_DRAIN_TIMEOUT": "20",
+}
 
 
 @pytest.fixture
@@ -27,14 +32,20 @@ def daemons(db_url, migrated, tmp_path, request) -> Iterator[Daemons]:
 
 def wait_runners(db_url: str, count: int, timeout: float = 60) -> list[str]:
     def ready():
-        rows = query(db_url, "SELECT id::text FROM runtime_executor.runners WHERE state = 'active' ORDER BY name")
+        rows = query(
+            db_url, "SELECT id::text FROM runtime_executor.runners WHERE state = 'active' ORDER BY name"
+        )
         return [r[0] for r in rows] if len(rows) >= count else None
 
     return wait_for(ready, timeout, what=f"{count} active runners")
 
 
 def states(db_url: str, ids: list[str]) -> dict[str, str]:
-    rows = query(db_url, "SELECT id::text, state FROM runtime_executor.allocations WHERE id = ANY(%(ids)s::uuid[])", {"ids": ids})
+    rows = query(
+        db_url,
+        "SELECT id::text, state FROM runtime_executor.allocations WHERE id = ANY(%(ids)s::uuid[])",
+        {"ids": ids},
+    )
     return dict(rows)
 
 

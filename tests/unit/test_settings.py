@@ -395,7 +395,9 @@ def test_redact_url_hides_a_quoted_keyword_password():
 
 
 def test_database_url_from_airflows_conn_cmd(monkeypatch, write_cfg):
-    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "echo postgresql+psycopg://af:pw@db.example/airflow")
+    monkeypatch.setenv(
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "echo postgresql+psycopg://af:pw@db.example/airflow"
+    )
     assert airflow_database_url() == "postgresql://af:pw@db.example/airflow"
     monkeypatch.delenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD")
     write_cfg("[database]\nsql_alchemy_conn_cmd = echo postgresql://cfg@db.example/af\n")

@@ -249,7 +249,14 @@ def test_uuid_ids_place_as_their_text_does(
     strategy: Strategy, requests: list[Request], runners: list[RunnerState], data: st.DataObject
 ) -> None:
     """The allocator passes the database's UUIDs, not strings: ties must break the same way."""
-    uuids = data.draw(st.lists(st.uuids(), min_size=len(runners) + len(requests), max_size=len(runners) + len(requests), unique=True))
+    uuids = data.draw(
+        st.lists(
+            st.uuids(),
+            min_size=len(runners) + len(requests),
+            max_size=len(runners) + len(requests),
+            unique=True,
+        )
+    )
     as_uuid = dict(zip([r.id for r in runners] + [q.id for q in requests], uuids, strict=True))
     with_uuids = strategy.place(
         [dataclasses.replace(q, id=as_uuid[q.id]) for q in requests],

@@ -46,5 +46,7 @@ with DAG("rtx_retry", schedule=None, start_date=START, catchup=False):
     )
 
 with DAG("rtx_bad_request", schedule=None, start_date=START, catchup=False):
-    BashOperator(task_id="too_many_slots", bash_command="echo never", executor_config={"runtime": {"slots": 65}})
+    BashOperator(
+        task_id="too_many_slots", bash_command="echo never", executor_config={"runtime": {"slots": 65}}
+    )
     BashOperator(task_id="fine", bash_command="echo fine")

@@ -21,4 +21,6 @@ def _hold() -> None:
 
 with DAG("rtx_packing", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False):
     for i in range(3):
-        PythonOperator(task_id=f"hold_{i}", python_callable=_hold, executor_config=runtime_config(memory="1000MB"))
+        PythonOperator(
+            task_id=f"hold_{i}", python_callable=_hold, executor_config=runtime_config(memory="1000MB")
+        )
