@@ -102,37 +102,10 @@ class Database:
         return self._conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Gateway]:
-        """One transaction; commits on success. A lost connection is closed so the next call reconnects."""
-        with self._lock:
-            conn = self.connection
-            try:
-                with conn.transaction():
-                    yield Gateway(conn, self.settings.schema)
-            except psycopg.Error as exc:
-                # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
-                if isinstance(exc, psycopg.OperationalError) or conn.broken:
-                    self.close()
-                raise
-
-    @contextmanager
-    def statements(self) -> Iterator[Gateway]:
-        """Autocommit: each statement is its own transaction (saves BEGIN/COMMIT round trips on
-        hot paths where a single guarded statement is the whole state change)."""
-        with self._lock:
-            conn = self.connection
-            try:
-                yield Gateway(conn, self.settings.schema)
-            except psycopg.Error as exc:
-                # a lost connection, or one the server ended (e.g. idle_in_transaction_timeout)
-                if isinstance(exc, psycopg.OperationalError) or conn.broken:
-                    self.close()
-                raise
-
-    @contextmanager
     def held(self) -> Iterator[psycopg.Connection]:
-        """The connection itself, held like a transaction block (for LISTEN and waiting on NOTIFY:
-        runtime_executor.loop.Listener.wait_on). A lost connection is closed, as above."""
+        """The connection itself, held by this thread for the block (also for LISTEN and waiting on
+        NOTIFY: runtime_executor.loop.Listener.wait_on). A lost connection, or one the server ended
+        (e.g. idle_in_transaction_timeout), is closed so the next call reconnects."""
         with self._lock:
             conn = self.connection
             try:
@@ -141,6 +114,19 @@ class Database:
                 if isinstance(exc, psycopg.OperationalError) or conn.broken:
                     self.close()
                 raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Gateway]:
+        """One transaction; commits on success."""
+        with self.held() as conn, conn.transaction():
+            yield Gateway(conn, self.settings.schema)
+
+    @contextmanager
+    def statements(self) -> Iterator[Gateway]:
+        """Autocommit: each statement is its own transaction (saves BEGIN/COMMIT round trips on
+        hot paths where a single guarded statement is the whole state change)."""
+        with self.held() as conn:
+            yield Gateway(conn, self.settings.schema)
 
     def close(self) -> None:
         # no lock: close() may come from another thread to stop a daemon; psycopg's own lock
