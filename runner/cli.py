@@ -69,6 +69,14 @@ def main() -> None:
     help="Warm task processes kept forked ahead of time (a task starts with one pipe write).",
 )
 @click.option(
+    "--tasks-per-process",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks one warm task process runs in turn, as LocalExecutor's workers do, before it is retired "
+    "(also retired when its memory grew past 256 MB); 1 = a process per task. Always 1 with --isolation cgroup. "
+    "Default 1. Also RTX_TASKS_PER_PROCESS.",
+)
+@click.option(
     "--poll-interval",
     "runner_poll_interval",
     type=float,

@@ -1,10 +1,18 @@
 """The reaper: task exits, stops with their kill grace, and fencing's kills. No database here.
 
-A task process, as the reaper sees it:
+A task, as the reaper sees it (it runs in a spare process, runner.spares):
 
     running --stop(reason)--> stopping (SIGTERM sent) --kill_grace passed--> SIGKILL of its tree
        |                          |
-       +--------------------------+--exited--> outcome queued (runner.outcomes), handle removed
+       +--------------------------+--ended--> outcome queued (runner.outcomes), handle removed,
+                                              spare reused or retired (SparePool.finish)
+
+* A task has *ended* when its spare reports the task's exit code on its pipe (a spare that lives on),
+  or when the spare process exited (its last task, or it crashed: the exit code is the process's). The
+  reaper waits on both. EOF on the pipe without a report means the spare died: the process's exit
+  code follows on its sentinel. A stopped task's spare is never reused (runner.spares).
+* "Ended" and ``stop`` are decided under one lock, and a handle once ended is never signalled: the
+  spare of a task that reported may already run the next task, which a late stop must not hit.
 
 * ``stop`` sends SIGTERM to the task process (Airflow's supervisor forwards it to the task for a
   graceful stop) once and records why; the reason prefixes the outcome's. Who stops a task: a
@@ -31,6 +39,7 @@ import contextlib
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -40,7 +49,7 @@ import structlog
 from runner import task_entry
 from runner.lease import Lease
 from runner.outcomes import Outcome, OutcomeQueue
-from runner.spares import exit_code
+from runner.spares import Report, SparePool, exit_code
 from runner.tasks import RunningTasks, TaskHandle
 from runner.usage import append_task_log, oom_kills
 from runtime_executor.loop import Loop
@@ -103,10 +112,13 @@ class Reaper:
         tasks: RunningTasks,
         outcomes: OutcomeQueue,
         on_exit: Callable[[], None],
+        spares: SparePool,
         isolation: Isolation | None = None,
         metrics: RunnerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self._spares = spares
+        self._lock = threading.Lock()  # "ended" against stop(): see the module's note
         self._isolation = isolation
         self._metrics = metrics  # counts OOM kills (--isolation cgroup)
         self._lease = lease
@@ -130,15 +142,22 @@ class Reaper:
             os.write(self._wake_w, b"x")
 
     def tick(self) -> bool:
-        handles = {h.process.sentinel: h for h in self._tasks.handles()}
-        ready = multiprocessing.connection.wait([*handles, self._wake_r], timeout=self._timeout())
-        for sentinel in ready:
-            if sentinel == self._wake_r:
+        waitables: dict[object, TaskHandle] = {}
+        for h in self._tasks.handles():
+            waitables[h.spare.process.sentinel] = h
+            if h.spare.reporting and h.spare.conn is not None:
+                waitables[h.spare.conn] = h
+        ready = multiprocessing.connection.wait([*waitables, self._wake_r], timeout=self._timeout())
+        ended = False
+        for obj in ready:
+            if obj == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
-            self._reap(handles[sentinel])
-        if any(sentinel != self._wake_r for sentinel in ready):
+            handle = waitables[obj]
+            if not handle.ended:  # its sentinel and its pipe may both be ready
+                ended |= self._check(handle)
+        if ended:
             self._on_exit()
         now = time.monotonic()
         # Invariant: a task of a runner that cannot renew its lease is dead before the database can
@@ -151,11 +170,28 @@ class Reaper:
             if handle.term_sent_at is not None and (
                 now - handle.term_sent_at > self.settings.kill_grace or now >= kill_at
             ):
-                signal_group(handle.pid, signal.SIGKILL)
+                with self._lock:
+                    if not handle.ended:
+                        signal_group(handle.pid, signal.SIGKILL)
         return True
 
-    def _reap(self, handle: TaskHandle) -> None:
-        code = exit_code(handle.process)
+    def _check(self, handle: TaskHandle) -> bool:
+        """Has this task ended (a report on its spare's pipe, or the spare's exit)? Ends it if so."""
+        spare = handle.spare
+        if spare.reporting and spare.conn is not None and spare.conn.poll():
+            report = self._spares.report(spare)  # None: EOF, the spare died; its exit code follows
+            if report is not None:
+                self._end(handle, report.code, report)
+                return True
+        code = exit_code(spare.process)
+        if code is None:
+            return False  # EOF came before the exit code: its sentinel wakes us again
+        self._end(handle, code, None)
+        return True
+
+    def _end(self, handle: TaskHandle, code: int | None, report: Report | None) -> None:
+        with self._lock:
+            handle.ended = True  # from here on, stop() leaves it (and its spare) alone
         oom = self._release_cgroup(handle, code)
         state, reason = describe_exit(
             code,
@@ -170,9 +206,10 @@ class Reaper:
             append_task_log(handle.log_path, "error", f"rtx: {reason}")
         if oom and self._metrics is not None:
             self._metrics.memory_exceeded.labels(self._metrics.runner, "oom_killed").inc()
+        # the spare back in the pool before the outcome frees the slot: the next task may take it
+        self._spares.finish(handle.spare, report, stopped=handle.stop_reason is not None)
         self._outcomes.append(Outcome(handle.allocation_id, handle.runner_id, state, code, reason))
         self._tasks.remove(handle.allocation_id)
-        handle.process.close()
 
     def _release_cgroup(self, handle: TaskHandle, code: int | None) -> str | None:
         """Remove an exited task's cgroup (killing what it left); its OOM reason if the kernel killed it."""
@@ -197,13 +234,14 @@ class Reaper:
 
     def stop(self, allocation_id: str, reason: str) -> None:
         """SIGTERM a task once, with the reason its outcome will give; the tick escalates to SIGKILL."""
-        handle = self._tasks.get(allocation_id)
-        if handle is None or handle.term_sent_at is not None:
-            return
-        handle.stop_reason = reason
-        handle.term_sent_at = time.monotonic()
+        with self._lock:
+            handle = self._tasks.get(allocation_id)
+            if handle is None or handle.ended or handle.term_sent_at is not None:
+                return
+            handle.stop_reason = reason
+            handle.term_sent_at = time.monotonic()
+            signal_group(handle.pid, signal.SIGTERM)
         log.warning("stopping task", allocation_id=allocation_id, runner_id=handle.runner_id, reason=reason)
-        signal_group(handle.pid, signal.SIGTERM)
         self.wake()
 
     def stop_all(self, reason: str) -> None:

@@ -82,7 +82,13 @@ class Runner:
         self.tasks = RunningTasks()
         self.metrics.track_reserved(self.tasks.reserved)
         self.outcomes = OutcomeQueue(settings, self._work_db, self.metrics)
-        self.spares = SparePool(spare_processes)
+        # One process per task under --isolation cgroup: a reused process would carry its memory
+        # charges (and the task's cgroup) into the next task (runner.spares, runner.cgroups).
+        self.spares = SparePool(
+            spare_processes,
+            slots=capacity.slots,
+            tasks_per_process=1 if isolation is not None else settings.tasks_per_process,
+        )
         self.isolation = isolation  # opened by the CLI before the fork server starts (runner.cgroups)
         self.reaper = Reaper(
             settings,
@@ -90,6 +96,7 @@ class Runner:
             self.tasks,
             self.outcomes,
             on_exit=self._on_task_exit,
+            spares=self.spares,
             isolation=isolation,
             metrics=self.metrics,
         )

@@ -9,8 +9,8 @@
   statement, guarded by ``runner_id = me``, ``state = 'assigned'`` and this runner's row live with
   its lease unexpired (database clock). The work loop claims only while ``Runner.can_start`` holds
   (not draining, and the lease far enough from fencing, runner.lease).
-* Launch: each claimed row is handed to a warm spare process (runner.spares); the pids are then
-  written in one statement. The work loop writes queued outcomes between launches, since an outcome
+* Launch: each claimed row is handed to a warm spare process (runner.spares), which may have run
+  other tasks before; the pids are then written in one statement. The work loop writes queued outcomes between launches, since an outcome
   frees a slot in Airflow and a burst of launches must not hold it back.
 * With ``--isolation cgroup`` the task's cgroup is made before the launch (runner.cgroups); a
   cgroup that cannot be made is a failed start, and one made for a launch that failed is released.
@@ -142,7 +142,7 @@ class TaskStarts:
             if self._isolation is not None:
                 cgroup = self._isolation.create(allocation_id, row["memory_mb"], row["cpu"])
                 env.update(task_env(cgroup))
-            process = self._spares.launch(
+            spare = self._spares.launch(
                 self._task_entry, row["workload"], env, self._server_url, f"rtx task: {label}"
             )
         except Exception as exc:  # noqa: BLE001 - a task that cannot start fails alone
@@ -157,13 +157,13 @@ class TaskStarts:
             )
             self._on_failed()
             return None
-        pid = process.pid  # before the handle is shared: a fast task may be reaped (closed) at once
+        pid = spare.pid  # before the handle is shared: a fast task may be reaped (closed) at once
         self._tasks.add(
             TaskHandle(
                 allocation_id,
                 runner_id,
                 label,
-                process,
+                spare,
                 pid=pid,
                 slots=row["slots"],
                 cpu=row["cpu"],

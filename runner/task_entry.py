@@ -14,8 +14,10 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable, MutableMapping
 
 import psutil
@@ -83,23 +85,126 @@ def resolve(entry: str) -> TaskFunction:
 
 
 def wait_and_run(conn, runner_alive) -> None:
-    """A spare process: wait for one task on ``conn``; exit quietly when the runner goes away."""
-    try:
-        entry, workload_json, env, server, proctitle = conn.recv()
-    except (EOFError, OSError):
-        return
-    finally:
-        conn.close()
-    cgroup = env.pop(JOIN_KEY, None)
-    if cgroup:
-        # First act: the task's cgroup (--isolation cgroup), so everything it forks inherits it.
+    """A spare process (protocol: runner.spares): wait for a task on ``conn``, run it, and either exit
+    (the runner said it is the last one) or report its exit code on ``conn`` and wait for the next.
+    EOF on ``conn`` (the runner retired this spare, or died) ends it without running anything."""
+    baseline = _Baseline()
+    watching = False
+    while True:
         try:
-            join(cgroup)
-        except OSError as exc:
-            _record_error(env.get("RTX_ALLOCATION_ID"), RuntimeError(f"could not join its cgroup: {exc}"))
-            raise SystemExit(1) from None
-    _watch_runner(runner_alive, cgroup)
-    run(entry, workload_json, env, server, proctitle)
+            entry, workload_json, env, server, proctitle, last = conn.recv()
+        except (EOFError, OSError):
+            return
+        cgroup = env.pop(JOIN_KEY, None)
+        if cgroup:
+            # First act: the task's cgroup (--isolation cgroup), so everything it forks inherits it.
+            # Such a task is always the spare's last (runner.spares): it never leaves the cgroup.
+            try:
+                join(cgroup)
+            except OSError as exc:
+                _record_error(env.get("RTX_ALLOCATION_ID"), RuntimeError(f"could not join its cgroup: {exc}"))
+                raise SystemExit(1) from None
+        if not watching:
+            _watch_runner(runner_alive, cgroup)
+            watching = True
+        if last:
+            conn.close()
+            run(entry, workload_json, env, server, proctitle)  # its exit code is this process's
+            return
+        code = run_reporting(entry, workload_json, env, server, proctitle)
+        clean = baseline.restore()
+        try:
+            conn.send((code, baseline.growth_mb(), clean))
+        except OSError:
+            return
+
+
+def run_reporting(entry: str, workload_json: str, env: dict[str, str], server: str | None, title: str) -> int:
+    """``run`` for a spare that lives on: the exit code the process would have exited with."""
+    try:
+        run(entry, workload_json, env, server, title)
+    except SystemExit as exc:  # the code as multiprocessing's own bootstrap would turn it into one
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: BLE001 - as an uncaught exception ends a process: traceback, code 1
+        traceback.print_exc()
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return 0
+
+
+class _Baseline:
+    """What a spare was before its first task, put back after each task (``restore``), so nothing
+    of one task (its environment, which carries its token; its signal handlers, timers, title,
+    working directory, umask) is seen by the next task run in the same process. The process group
+    stays the spare's own (``run`` makes it leader once; a second ``setpgid`` changes nothing)."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+        self.handlers = {}
+        for sig in signal.valid_signals():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                handler = signal.getsignal(sig)
+                if handler is not None:
+                    self.handlers[sig] = handler
+        self.title = _proctitle()
+        self.rss_mb = _rss_mb()
+
+    def restore(self) -> bool:
+        """Put the spare back as it was; False when the task left processes behind (killed now), so
+        the spare must not be reused."""
+        os.environ.clear()  # unsetenv for each, so /proc/self/environ of later children is clean too
+        os.environ.update(self.environ)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in self.handlers.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                if signal.getsignal(sig) is not handler:
+                    signal.signal(sig, handler)
+        with contextlib.suppress(OSError):
+            os.chdir(self.cwd)
+        os.umask(self.umask)
+        module = sys.modules.get("setproctitle")  # loaded by the task (Airflow's run_workload), if at all
+        if module is not None and self.title:
+            module.setproctitle(self.title)
+        leftovers = psutil.Process().children(recursive=True)
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        return not leftovers
+
+    def growth_mb(self) -> int:
+        """How much this process's resident memory grew since it was a fresh spare."""
+        return max(0, _rss_mb() - self.rss_mb)
+
+
+def _rss_mb() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except (OSError, ValueError, IndexError):
+        return psutil.Process().memory_info().rss // 2**20
+
+
+def _proctitle() -> str:
+    """The spare's own command line, which a task's ``setproctitle`` overwrites."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def _watch_runner(runner_alive, cgroup: str | None = None) -> None:

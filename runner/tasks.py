@@ -1,13 +1,13 @@
-"""The task processes a runner runs: one ``TaskHandle`` each, in a table the runner's threads share.
+"""The tasks a runner runs: one ``TaskHandle`` each, in a table the runner's threads share.
 
-The start path adds a handle once its process runs; the reaper removes it when the process has
-exited (and queued its outcome). The usage sampler and the metrics read snapshots (``handles()``);
+The start path adds a handle once its task was handed to a spare process (runner.spares); the
+reaper removes it when the task has ended (the spare's report, or the process's exit) and queued its
+outcome. A spare runs one task at a time, so while a handle is here its spare's pid is its task's. The usage sampler and the metrics read snapshots (``handles()``);
 what they learn about a task (memory seen) they write on its handle.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from runner.cgroups import TaskCgroup
+    from runner.spares import Spare
 
 
 @dataclass
@@ -22,11 +23,12 @@ class TaskHandle:
     allocation_id: str
     runner_id: str
     label: str
-    process: multiprocessing.process.BaseProcess
+    spare: Spare  # the process it runs in (reused for later tasks once this one ended)
     started: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
     term_sent_at: float | None = None
-    pid: int | None = None  # kept apart: the reaper closes ``process`` as soon as it exits
+    pid: int | None = None  # kept apart: the pool closes the spare's process once it exited
+    ended: bool = False  # the reaper saw it end (under its lock): never signalled after that
     # what it reserved, and what the usage loop (runner.usage) saw it use
     slots: int = 1
     cpu: float = 0.0

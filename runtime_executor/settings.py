@@ -53,6 +53,7 @@ class Settings:
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL when the runner stops a task
     start_retries: int = 3  # re-placements of a task whose start failed before any of its code ran
     usage_interval: float = 5.0  # seconds between samples of the tasks' CPU and memory
+    tasks_per_process: int = 1  # tasks one spare process runs in turn before it is retired (1: one each)
     enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
     memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
     task_env_allow: str = ""  # comma-separated database-credential variables tasks may still see
@@ -228,6 +229,8 @@ def validate(settings: Settings) -> None:
     for name in ("retention", "unreported_retention"):  # unreported rows keep max(both)
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name}={getattr(settings, name)!r} must be >= 0")
+    if settings.tasks_per_process < 1:
+        raise ConfigError(f"tasks_per_process={settings.tasks_per_process!r} must be >= 1")
     if settings.start_retries < 0:
         raise ConfigError(f"start_retries={settings.start_retries!r} must be >= 0")
     if settings.allocator_batch_size < 1:

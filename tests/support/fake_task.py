@@ -6,7 +6,9 @@ The workload JSON says what to do: ``{"sleep": 1.5, "exit": 0, "record": "/path/
 is slow, so that only the runner's SIGKILL stops it; ``"busy": 3, "busy_procs": 2``: that many
 processes spin on the CPU for that long; ``"orphan_mb": 100, "orphan_pid": "/path"``: leave behind a
 double-forked process, outside the task's process tree, that holds that much memory for a minute and
-writes its pid there). Each start
+writes its pid there; ``"set_env": {"NAME": "value"}``: set those in ``os.environ``; ``"leak_mb": 300``:
+keep that much memory in the process after the task returned, a leak; ``"leave_child": "/path"``: leave a
+child process behind, still in the task's tree, and write its pid there). Each start
 appends one line ``start <allocation> <runner> <pid> <unix time>`` (and ``end ...`` on a normal
 exit) to ``record``, so tests can prove every task ran once and never twice at the same time.
 """
@@ -65,6 +67,9 @@ def _spin(seconds: float, procs: int) -> None:
         os.waitpid(pid, 0)
 
 
+_LEAKED: list[bytearray] = []  # what "leak_mb" keeps: lives as long as the process
+
+
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     spec = json.loads(workload_json or "{}")
     if spec.get("term_grace") is not None:
@@ -77,6 +82,16 @@ def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: 
 
         signal.signal(signal.SIGTERM, on_term)
     _record(spec.get("record"), "start")
+    os.environ.update(spec.get("set_env") or {})
+    if spec.get("leak_mb"):
+        _LEAKED.append(bytearray(b"x" * (int(spec["leak_mb"]) * 2**20)))  # touched: resident
+    if spec.get("leave_child"):
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(spec["leave_child"], "w") as f:
+            f.write(str(child))
     if spec.get("env_dump"):
         with open(spec["env_dump"], "w") as f:
             json.dump(dict(os.environ), f)
