@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -45,6 +46,7 @@ def main() -> None:
                 "4",
                 "--memory",
                 "8192",
+                *os.environ.get("RTX_BENCH_RUNNER_ARGS", "").split(),  # e.g. "--tasks-per-process 100"
                 name="bench-runner",
                 fake=False,
                 RTX_TASK_ENTRY="bench.noop_task:run",

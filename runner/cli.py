@@ -74,7 +74,7 @@ def main() -> None:
     default=None,
     help="Tasks one warm task process runs in turn, as LocalExecutor's workers do, before it is retired "
     "(also retired when its memory grew past 256 MB); 1 = a process per task. Always 1 with --isolation cgroup. "
-    "Default 1. Also RTX_TASKS_PER_PROCESS.",
+    "Default 100. Also RTX_TASKS_PER_PROCESS.",
 )
 @click.option(
     "--poll-interval",

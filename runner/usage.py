@@ -4,7 +4,10 @@ Each sample walks the process tree of every running task (the task process the r
 everything under it: Airflow's supervisor, the task it forks, whatever that starts) and records
 
 * ``cpu_percent``: CPU over the time since the previous sample, summed over the tree (100 = one
-  core busy);
+  core busy). A process first seen counts its average since it started; for a reused task process
+  (``--tasks-per-process``, runner.spares: Airflow's supervisor, whose own CPU is small next to the
+  task it forks) that first sample of each task is the process's average over its earlier tasks too,
+  or, when sampled during its previous task, its CPU since that sample (at most one interval);
 * ``rss_mb``: the tree's memory. On Linux this is the sum of each process's PSS (proportional set
   size: its resident memory, with pages shared by several processes divided between them), so the
   pages Airflow's supervisor and its forked task share are counted once, not twice as a plain sum

@@ -53,7 +53,7 @@ class Settings:
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL when the runner stops a task
     start_retries: int = 3  # re-placements of a task whose start failed before any of its code ran
     usage_interval: float = 5.0  # seconds between samples of the tasks' CPU and memory
-    tasks_per_process: int = 1  # tasks one spare process runs in turn before it is retired (1: one each)
+    tasks_per_process: int = 100  # tasks one spare process runs in turn before it is retired (1: one each)
     enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
     memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
     task_env_allow: str = ""  # comma-separated database-credential variables tasks may still see

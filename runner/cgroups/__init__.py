@@ -28,6 +28,15 @@ Life of a task cgroup
    daemon is still in it), rmdir. A cgroup still busy (a process still dying) is retried on the next
    reap and at shutdown; whatever is left after a crash is swept at the next start.
 
+One process per task: with ``--isolation cgroup`` a task process is never reused for another task
+(``--tasks-per-process`` is taken as 1; ``runner.spares``). A reused process would have to move out of
+the old task's cgroup into the next one, and the kernel does not move what it was charged with it:
+under cgroup v1 the pages it touched stay charged to the old cgroup (``memory.move_charge_at_immigrate``
+is deprecated and absent from v2), under v2 never move at all, so the next task's memory figures and
+OOM limit would be wrong, and the old cgroup could not be removed while it still holds charges. And
+``release`` kills whatever is left in a task's cgroup, which would be the spare itself. Each task
+therefore runs in a process forked for it, which joins its cgroup first and exits with the task.
+
 Failure cases: controller missing, not writable, v2 root with other processes (controllers cannot be
 delegated): ``open_isolation`` raises ``CgroupError`` with one line that names what is missing and how
 to fix it, and the runner refuses to start. Runner killed: its tasks die (``task_entry``'s watcher
