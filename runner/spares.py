@@ -194,14 +194,15 @@ class SparePool:
     ) -> Spare:
         """Hand one task to a spare (or a freshly forked process) and return it."""
         spare = self._take()
-        try:
-            self._send(spare, entry, workload_json, env, server, title)
-        except OSError:
-            if spare.tasks_run <= 1:
-                raise
-            self.retire(spare)  # a reused spare that died since it was taken: once more, fresh
-            spare = self._fork()
-            self._send(spare, entry, workload_json, env, server, title)
+        while True:
+            try:
+                self._send(spare, entry, workload_json, env, server, title)
+                break
+            except OSError:
+                self.retire(spare)
+                if spare.tasks_run <= 1:
+                    raise  # a fresh fork that cannot take a task: a failed start (runner.starts)
+                spare = self._fork()  # a reused spare that died since it was taken: once more, fresh
         self._refill.wake()
         return spare
 

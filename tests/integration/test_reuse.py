@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from testing.daemons import query, wait_for
+from runner import task_entry
+from runner.spares import SparePool
+from testing.daemons import FAKE_TASK, query, wait_for
 from testing.proxy import TcpProxy
 from tests.support.allocations import insert_allocations
 from tests.support.fixtures import FAST, read_records, wait_runners, wait_states
@@ -141,3 +143,30 @@ def test_fencing_kills_a_task_in_a_reused_spare(db, daemons, tmp_path):
         assert "end" not in [r[0] for r in read_records(record) if r[1] == long]
     finally:
         proxy.close()
+
+
+def test_a_task_that_raises_leaves_its_error_and_the_spare_runs_the_next(monkeypatch):
+    """The pool alone (real fork server, no runner): an exception in the task is its error line
+    (task_entry.take_error) and exit code 1, reported over the pipe; the same process runs on."""
+    monkeypatch.setenv("RTX_TASK_ENTRY", FAKE_TASK)
+    pool = SparePool(1, slots=1, tasks_per_process=3)
+    pool.start()
+    try:
+        codes, pids = [], []
+        for i, workload in enumerate(["not json", "{}", "{}"]):
+            spare = pool.launch(FAKE_TASK, workload, {"RTX_ALLOCATION_ID": f"reuse-test-{i}"}, None, "t")
+            pids.append(spare.pid)
+            if spare.reporting:
+                assert spare.conn.poll(20)
+                report = pool.report(spare)
+                codes.append(report.code)
+                assert pool.finish(spare, report, stopped=False)
+            else:  # the third: its last task, and so the process's exit code
+                spare.process.join(20)
+                codes.append(spare.process.exitcode)
+        assert codes == [1, 0, 0]
+        assert len(set(pids)) == 1
+        assert task_entry.take_error("reuse-test-0").startswith("JSONDecodeError: ")
+        assert task_entry.take_error("reuse-test-1") is None
+    finally:
+        pool.close()
