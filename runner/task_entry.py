@@ -11,6 +11,7 @@ or exits with a given code); production runners leave it unset.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import signal
@@ -117,6 +118,11 @@ def wait_and_run(conn, runner_alive) -> None:
             conn.send((code, baseline.growth_mb(), clean))
         except OSError:
             return
+        # While the runner handles the report: what the task left in this process moves to the
+        # collector's permanent generation, as the fork server's imports did (runner.task_process),
+        # so the next task's forked child neither walks those objects nor copies their pages.
+        gc.collect()
+        gc.freeze()
 
 
 def run_reporting(entry: str, workload_json: str, env: dict[str, str], server: str | None, title: str) -> int:
