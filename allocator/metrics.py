@@ -60,7 +60,7 @@ class AllocatorMetrics(DaemonMetrics):
         self._seen: set[tuple[str, str]] = set()
         self.desired_runners = Gauge(
             "rtx_desired_runners",
-            "Runners of the queue's runner size that its waiting and reserved work needs (allocator.autoscale; "
+            "Runners of the queue's runner size that its waiting and reserved work needs (runtime_executor.autoscale; "
             "the autoscaling signal, see docs/scaling.md).",
             ["queue"],
             registry=r,
@@ -110,7 +110,7 @@ class AllocatorMetrics(DaemonMetrics):
         self._seen_queues |= unschedulable.keys()
 
     def set_autoscale(self, scales: Mapping[str, Any]) -> None:
-        """``allocator.autoscale.from_rows`` per queue; a queue seen before and now absent drops to 0."""
+        """``runtime_executor.autoscale.from_rows`` per queue; a queue seen before and now absent drops to 0."""
         for queue in self._scaled_queues - scales.keys():
             self.desired_runners.labels(queue).set(0)
             self.too_large.labels(queue).set(0)

@@ -51,10 +51,11 @@ from collections import Counter
 
 import structlog
 
-from allocator import autoscale
 from allocator.metrics import AllocatorMetrics
 from allocator.model import Request, RunnerState
 from allocator.strategies import get_strategy
+from runtime_executor import autoscale
+from runtime_executor.db.channels import allocator_channel
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
 from runtime_executor.settings import Settings
@@ -89,7 +90,7 @@ class Allocator:
         self._prune_db = Database(settings, self.name + "-prune")
         self.prune = Loop("prune", self.prune_pass, PRUNE_EVERY)
         self.listener = Listener(settings, self.name + "-listen")
-        self.listener.subscribe("allocator", [lambda _payload: self.placement.wake()])
+        self.listener.subscribe(allocator_channel(settings.schema), [lambda _payload: self.placement.wake()])
         self.metrics = AllocatorMetrics()
         # queue depth and unschedulable gauges: only when someone scrapes them (--metrics-port)
         self._metrics_db = Database(settings, self.name + "-metrics") if settings.metrics_port else None

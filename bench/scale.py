@@ -39,6 +39,7 @@ import psutil
 import psycopg
 
 from bench.common import SCHEMA, active_runners, bench_database, percentile
+from runtime_executor.db.channels import allocator_channel, runner_channel
 from runtime_executor.db.connection import Database
 from runtime_executor.settings import Settings
 from testing.daemons import Daemon, Daemons, daemon_env, query, wait_for
@@ -111,21 +112,26 @@ def commits(url: str, dbname: str) -> int:
 
 
 class NotifyCounter:
-    """Counts NOTIFYs on rtx's channels (what every listening backend receives)."""
+    """Counts NOTIFYs on rtx's channels: the allocators' one, and every registered runner's own
+    (each heard by that runner's heartbeat session alone, runtime_executor.db.channels)."""
 
     def __init__(self, url: str, schema: str = SCHEMA) -> None:
         self.counts: Counter = Counter()
         self._stop = threading.Event()
         self._conn = psycopg.connect(url, autocommit=True, application_name="bench-scale-listen")
-        for channel in ("allocator", "runner"):
-            self._conn.execute(f'LISTEN "{schema}.{channel}"')
+        self._allocator = allocator_channel(schema)
+        self._conn.execute(f'LISTEN "{self._allocator}"')
+        for (runner_id,) in self._conn.execute(
+            f"SELECT id::text FROM {schema}.runners WHERE state = 'active'"
+        ):
+            self._conn.execute(f'LISTEN "{runner_channel(schema, runner_id)}"')
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             for n in self._conn.notifies(timeout=0.5):
-                self.counts[n.channel.rsplit(".", 1)[1]] += 1
+                self.counts["allocator" if n.channel == self._allocator else "runner"] += 1
 
     def close(self) -> None:
         self._stop.set()
@@ -234,13 +240,12 @@ def measure(n: int, args: argparse.Namespace) -> dict:
             listener = NotifyCounter(url)
             result["pickup"] = pickup(url, record, args.tasks, args.warmup, args.gap)
             listener.close()
-            # every NOTIFY reaches each listening session: the allocator's and each runner's heartbeat
+            # each NOTIFY reaches the sessions listening on its channel: the allocator's, or the one
+            # runner's heartbeat it is for (before per-runner channels: every runner's, N per NOTIFY)
             sent = dict(listener.counts)
             result["pickup"]["notifies"] = sent
             result["pickup"]["notify_deliveries_per_task"] = round(
-                sent.get("runner", 0) * n / (args.tasks + args.warmup)
-                + sent.get("allocator", 0) / (args.tasks + args.warmup),
-                1,
+                (sent.get("runner", 0) + sent.get("allocator", 0)) / (args.tasks + args.warmup), 1
             )
         finally:
             for d in hosts:

@@ -44,6 +44,16 @@ log = structlog.get_logger("rtx.runner")
 
 
 @dataclass(frozen=True)
+class Renewal:
+    """What a renewal read: the row's state, and what the runner's slow poll would have found
+    (``heartbeat_runner.sql``): work to start or cancel, a row running longer than a lease."""
+
+    state: str
+    has_work: bool
+    stale_running: bool
+
+
+@dataclass(frozen=True)
 class Capacity:
     slots: int
     cpu: float
@@ -89,15 +99,17 @@ class Lease:
             memory_mb=self.capacity.memory_mb,
         )
 
-    def renew(self, db: Database, **usage: float) -> str | None:
-        """One heartbeat: the row's state (``active`` or ``draining``), or None once it is not live
-        (declared lost). Only a renewal that succeeded moves ``valid_until``."""
+    def renew(self, db: Database, **usage: float) -> Renewal | None:
+        """One heartbeat: the row's state (``active`` or ``draining``) and what waits for the
+        runner, or None once it is not live (declared lost). Only a renewal that succeeded moves
+        ``valid_until``."""
         sent = time.monotonic()
         with db.statements() as gw:  # one guarded statement: autocommit saves BEGIN/COMMIT (docs/scaling.md)
-            state = gw.heartbeat_runner(self.runner_id, self.settings.lease_timeout, **usage)
-        if state is not None:
-            self.valid_until = sent + self.settings.lease_timeout
-        return state
+            row = gw.heartbeat_runner(self.runner_id, self.settings.lease_timeout, **usage)
+        if row is None:
+            return None
+        self.valid_until = sent + self.settings.lease_timeout
+        return Renewal(row["state"], row["has_work"], row["stale_running"])
 
     def register_again(self, db: Database) -> None:
         """After being declared lost (and fencing): a fresh id, so the old one stays rescued."""

@@ -43,6 +43,7 @@ from runner.spares import SparePool
 from runner.starts import TaskStarts
 from runner.tasks import RunningTasks, TaskHandle
 from runner.usage import UsageMonitor
+from runtime_executor.db.channels import runner_channel
 from runtime_executor.db.connection import Database
 from runtime_executor.loop import Listener, Loop
 from runtime_executor.settings import Settings, validate_fencing
@@ -52,6 +53,7 @@ __all__ = ["Capacity", "Outcome", "Runner", "TaskHandle", "describe_exit"]
 log = structlog.get_logger("rtx.runner")
 
 DECLARED_LOST = "runner was declared lost (lease expired); fencing its tasks"
+IDLE_POLL_LEASES = 5  # an idle runner's work poll, in lease periods (its renewals poll meanwhile)
 
 
 class Runner:
@@ -134,7 +136,8 @@ class Runner:
         )
         # no thread or connection of its own: the heartbeat loop waits on it (heartbeat_tick)
         self.listener = Listener(settings, app + "-heartbeat")
-        self.listener.subscribe("runner", [self._on_notify])
+        self._channel = runner_channel(settings.schema, self.runner_id)  # this runner's own (db.channels)
+        self.listener.subscribe(self._channel, [self._on_notify])
         self._heartbeat_due = 0.0  # monotonic time of the next renewal; 0: at once
         self._last_renewal = 0.0
 
@@ -176,13 +179,19 @@ class Runner:
         log.info("runner stopped", runner_id=self.runner_id)
 
     # -- wake-ups -------------------------------------------------------------------------------
-    def _on_notify(self, payload: str) -> None:
-        """Called in the heartbeat loop (Listener.wait_on) for each NOTIFY on <schema>.runner."""
-        if not payload or payload == self.runner_id:
-            self.work.wake()
-            # a state change (drain/resume) is seen by the next renewal: bring it forward (at most one
-            # extra renewal per 0.2 s, however many assignments arrive)
-            self._heartbeat_due = min(self._heartbeat_due, self._last_renewal + 0.2)
+    def _on_notify(self, _payload: str) -> None:
+        """Called in the heartbeat loop (Listener.wait_on) for each NOTIFY on this runner's channel
+        (work, a cancel, a state change), and when the listener starts listening there."""
+        self.work.wake()
+        # a state change (drain/resume) is seen by the next renewal: bring it forward (at most one
+        # extra renewal per 0.2 s, however many assignments arrive)
+        self._heartbeat_due = min(self._heartbeat_due, self._last_renewal + 0.2)
+
+    def _listen_as_me(self) -> None:
+        """After registering again under a fresh id: listen on that id's channel instead."""
+        self.listener.unsubscribe(self._channel)
+        self._channel = runner_channel(self.settings.schema, self.runner_id)
+        self.listener.subscribe(self._channel, [self._on_notify])  # the next wait LISTENs, then wakes work
 
     def _on_started(self) -> None:
         self.reaper.wake()
@@ -214,13 +223,20 @@ class Runner:
             "host_memory_used_mb": (psutil.virtual_memory().total - psutil.virtual_memory().available)
             // 2**20,
         }
-        state = self.lease.renew(self._heartbeat_db, **usage)
-        if state is None:  # declared lost: the allocator rescued our work. Fence, then start afresh.
+        renewal = self.lease.renew(self._heartbeat_db, **usage)
+        if renewal is None:  # declared lost: the allocator rescued our work. Fence, then start afresh.
             self.reaper.stop_all(DECLARED_LOST)
             self.lease.register_again(self._heartbeat_db)
+            self._listen_as_me()
             self.work.wake()
         else:
-            self.drain.on_row_state(state, self._heartbeat_db)
+            self.drain.on_row_state(renewal.state, self._heartbeat_db)
+            # the renewal is the idle runner's poll: it says whether a NOTIFY went missing
+            if renewal.has_work:
+                self.work.wake()
+            if renewal.stale_running and not len(self.tasks):
+                self.starts.check_orphans_soon()  # rows running here with no process of ours
+                self.work.wake()
         if not could_start:
             self.work.wake()  # starts held back while the lease ran short may go now (no NOTIFY says so)
         self._last_renewal = time.monotonic()
@@ -228,12 +244,14 @@ class Runner:
 
     def _renewal_interval(self) -> float:
         """``heartbeat_interval`` while tasks run (fencing's deadlines follow each renewal). An idle
-        runner has nothing to fence: it renews every ``lease_timeout / 4`` (at least
-        ``heartbeat_interval``), which keeps its lease far from expiry (a start needs more than one
-        ``heartbeat_interval`` of it left) at a fraction of the server's cost (docs/scaling.md)."""
+        runner has nothing to fence: it renews every ``lease_timeout / 2`` (at least
+        ``heartbeat_interval``), so one renewal may fail and the lease still holds, at a fraction of
+        the server's cost (docs/scaling.md). Its lease is never too short to start: every NOTIFY
+        brings the next renewal forward (``_on_notify``), and a start needs only more than one
+        ``heartbeat_interval`` and the fencing lead left (``Lease.may_start``)."""
         if len(self.tasks):
             return self.settings.heartbeat_interval
-        return max(self.settings.heartbeat_interval, self.settings.lease_timeout / 4)
+        return max(self.settings.heartbeat_interval, self.settings.lease_timeout / 2)
 
     # -- work (runner.outcomes, runner.starts) ---------------------------------------------------
     def can_start(self) -> bool:
@@ -252,11 +270,13 @@ class Runner:
         for allocation_id in cancelled:
             self.reaper.stop(allocation_id, "revoked by the scheduler")
         self.starts.check_orphans_when_due()
-        # The poll only covers a NOTIFY lost with a broken connection, and the heartbeat's reconnect
-        # wakes this loop anyway: while idle, poll once per lease period, not every poll interval.
+        # The poll only covers a NOTIFY lost with a broken connection. While idle, the lease renewal
+        # asks the same questions (heartbeat_runner.sql: work to start or cancel, orphans) and the
+        # heartbeat's reconnect wakes this loop, so an idle runner sends nothing but its renewals;
+        # the rare poll left is a last resort.
         idle = not len(self.tasks) and not len(self.outcomes)
         self.work.interval = (
-            max(self.settings.runner_poll_interval, self.settings.lease_timeout)
+            max(self.settings.runner_poll_interval, IDLE_POLL_LEASES * self.settings.lease_timeout)
             if idle
             else self.settings.runner_poll_interval
         )

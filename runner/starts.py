@@ -18,8 +18,9 @@
   handed over, or when fencing began while the claim was on its way (``Lease.fencing_begun``). Its
   outcome is ``start_failed``: the row is placed again, the same Airflow try, without using one of
   the user's retries.
-* Orphans: once per lease period the runner asks which rows the database says it runs for longer
-  than a lease. One with no process here and no queued outcome is a start whose reply was lost (the
+* Orphans: once per lease period while it polls (and at once when an idle runner's renewal says a
+  row runs here for longer than a lease: ``check_orphans_soon``) the runner asks which rows the
+  database says it runs for longer than a lease. One with no process here and no queued outcome is a start whose reply was lost (the
   connection broke after the commit); it becomes a failed start too. Without this it would stay
   running forever, since this runner keeps renewing its lease.
 """
@@ -104,6 +105,11 @@ class TaskStarts:
         if pids:
             with self._db.statements() as gw:
                 gw.set_allocation_pids(self._lease.runner_id, pids)
+
+    def check_orphans_soon(self) -> None:
+        """Make the next work tick check for orphans (a renewal saw a row running here for longer
+        than a lease while the runner has no task)."""
+        self._last_orphan_check = float("-inf")
 
     def check_orphans_when_due(self) -> None:
         if time.monotonic() - self._last_orphan_check > self.settings.lease_timeout:

@@ -120,8 +120,9 @@ class Listener:
     Either a ``Loop`` of its own on a connection of its own (``start``), or no thread and no
     connection of its own: ``wait_on(db, timeout)`` listens on another loop's ``Database`` and waits
     there (the runner's heartbeat loop waits for NOTIFYs between heartbeats, one connection for
-    both). Either way, after (re)connecting it wakes every callback, because notifications sent
-    while it was disconnected are gone.
+    both). Either way, after (re)connecting, or subscribing to a channel while listening, it wakes
+    the callbacks of every channel it starts to LISTEN on, because notifications sent before are not
+    heard.
     """
 
     def __init__(self, settings: Settings, application_name: str) -> None:
@@ -130,11 +131,31 @@ class Listener:
         self._targets: dict[str, list[Callable[[str], None]]] = {}
         self._conn: psycopg.Connection | None = None
         self._listening_on: psycopg.Connection | None = None  # wait_on: the borrowed connection LISTENed on
+        self._listened: set[str] = set()  # the channels the current connection LISTENs on
         self.loop = Loop(f"{application_name}-listener", self._tick, interval=0.0, on_stop=self._close)
 
     def subscribe(self, channel: str, callbacks: Iterable[Callable[[str], None]]) -> None:
-        """Call each callback with the payload of every NOTIFY on ``<schema>.<channel>``."""
-        self._targets.setdefault(f"{self.settings.schema}.{channel}", []).extend(callbacks)
+        """Call each callback with the payload of every NOTIFY on ``channel`` (a name from
+        ``runtime_executor.db.channels``). May be called while listening: the next wait LISTENs."""
+        self._targets.setdefault(channel, []).extend(callbacks)
+
+    def unsubscribe(self, channel: str) -> None:
+        """Stop listening on ``channel`` (the next wait UNLISTENs it)."""
+        self._targets.pop(channel, None)
+
+    def _sync_channels(self, conn: psycopg.Connection) -> None:
+        """LISTEN to what was subscribed and UNLISTEN what was dropped since ``conn`` last did. A
+        channel's callbacks are woken once it is listened to: what was sent before is not heard."""
+        wanted = set(self._targets)
+        added = wanted - self._listened
+        for channel in added:
+            conn.execute(f'LISTEN "{channel}"')
+        for channel in self._listened - wanted:
+            conn.execute(f'UNLISTEN "{channel}"')
+        self._listened = wanted
+        for channel in added:
+            for callback in self._targets[channel]:
+                callback("")
 
     def start(self) -> Listener:
         self.loop.start()
@@ -143,19 +164,12 @@ class Listener:
     def stop(self) -> None:
         self.loop.stop()
 
-    def _wake_all(self) -> None:
-        for callbacks in self._targets.values():
-            for callback in callbacks:
-                callback("")
-
     def _tick(self) -> bool:
         if self._conn is None or self._conn.closed:
-            conn = connect(self.settings, self.application_name)
-            for channel in self._targets:
-                conn.execute(f'LISTEN "{channel}"')
-            self._conn = conn
-            self._wake_all()
+            self._conn = connect(self.settings, self.application_name)
+            self._listened = set()  # a new connection: every channel is new, every callback woken
         try:
+            self._sync_channels(self._conn)
             for notify in self._conn.notifies(timeout=0.5):
                 for callback in self._targets.get(notify.channel, ()):
                     callback(notify.payload)
@@ -167,15 +181,14 @@ class Listener:
         return True  # keep listening without the loop's idle wait
 
     def wait_on(self, db: Database, timeout: float) -> None:
-        """On ``db``'s connection: LISTEN if it is new (then wake everyone), then dispatch
+        """On ``db``'s connection: LISTEN to what is not yet listened to there (waking its callbacks), then dispatch
         notifications until some arrive or ``timeout`` passes. Raises what the connection raises
         (``db`` then reconnects on its next use)."""
         with db.held() as conn:
-            if conn is not self._listening_on:
-                for channel in self._targets:
-                    conn.execute(f'LISTEN "{channel}"')
+            if conn is not self._listening_on:  # a new connection: every channel is new, every callback woken
+                self._listened = set()
                 self._listening_on = conn
-                self._wake_all()
+            self._sync_channels(conn)  # also after a subscription changed (a runner registered again)
             # stop_after=1: back to the caller as soon as something arrived (it may want to act)
             for notify in conn.notifies(timeout=max(0.0, timeout), stop_after=1):
                 for callback in self._targets.get(notify.channel, ()):

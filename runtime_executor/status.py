@@ -12,7 +12,7 @@ Plain dicts of JSON-able values (the documented ``rtx status --json`` shape):
                   allocations: [...]}],
      "unassigned": [allocation, ...],
      "autoscale": {queue: {"desired_runners", "runners", "runner_size", "demand", "requests", "waiting",
-                           "too_large", "too_large_needs", "by_dimension"}}}   (allocator.autoscale)
+                           "too_large", "too_large_needs", "by_dimension"}}}   (runtime_executor.autoscale)
 
 Invariant: every count (``totals``, ``queues``, ``allocation_count``, reserved amounts) comes from
 an aggregate query and is exact whatever the number of rows; only the lists (``unassigned`` and
@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from allocator.autoscale import from_rows
+from runtime_executor.autoscale import from_rows
 from runtime_executor.db.gateway import Gateway
 
 DIMENSIONS = ("slots", "cpu", "memory_mb")

@@ -135,7 +135,8 @@ class Gateway:
     def register_runner(self, **row: Any) -> None:
         self.execute("register_runner", row)
 
-    def heartbeat_runner(self, runner_id: str, lease_timeout: float, **usage: Any) -> str | None:
+    def heartbeat_runner(self, runner_id: str, lease_timeout: float, **usage: Any) -> Row | None:
+        """The renewed row's ``state``, ``has_work`` and ``stale_running``; None once it is not live."""
         rows = self.fetch(
             "heartbeat_runner",
             {
@@ -145,7 +146,7 @@ class Gateway:
                 "host_memory_used_mb": usage.get("host_memory_used_mb"),
             },
         )
-        return rows[0]["state"] if rows else None
+        return rows[0] if rows else None
 
     def set_runner_state(self, runner_id: str, to_state: str, from_states: Sequence[str]) -> bool:
         rows = self.fetch(
@@ -241,7 +242,7 @@ class Gateway:
         return self.fetch("run_placements", {"dag_id": dag_id, "run_id": run_id})
 
     def autoscale_rows(self) -> tuple[list[Row], list[Row]]:
-        """(demand by queue and request shape, live active runners by queue and size): allocator.autoscale."""
+        """(demand by queue and request shape, live active runners by queue and size): runtime_executor.autoscale."""
         return self.fetch("autoscale_demand"), self.fetch("autoscale_runners")
 
     # -- metrics --------------------------------------------------------------------------------

@@ -228,9 +228,9 @@ def test_the_keda_example_scales_the_runner_deployment_on_the_gauge():
 
 
 def test_the_keda_postgresql_query_gives_the_gauges_figure(db):
-    """The example's SQL (fixed runner size 16 slots / 4 cores / 8192 MB) against allocator.autoscale,
+    """The example's SQL (fixed runner size 16 slots / 4 cores / 8192 MB) against runtime_executor.autoscale,
     on a mixed workload in real rows."""
-    from allocator.autoscale import from_rows
+    from runtime_executor.autoscale import from_rows
 
     trigger = _postgresql_trigger()
     assert trigger["type"] == "postgresql"

@@ -75,7 +75,7 @@ def test_runner_role_runs_tasks_but_cannot_touch_requests(db, db_url, login):
         with db.transaction() as gw:
             assign_to(gw, [allocation], runner_id)
         with as_runner.transaction() as gw:
-            assert gw.heartbeat_runner(runner_id, 30) == "active"
+            assert gw.heartbeat_runner(runner_id, 30)["state"] == "active"
             [started] = gw.start_assigned(runner_id)
             assert started["workload"] == '{"x": 1}'
             assert gw.finish_allocation(allocation, runner_id, "succeeded", 0, None) == "succeeded"

@@ -1,4 +1,4 @@
-"""allocator.autoscale: the desired-runners figure per queue, against its formula (docs/scaling.md)."""
+"""runtime_executor.autoscale: the desired-runners figure per queue, against its formula (docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from allocator.autoscale import (
+from runtime_executor.autoscale import (
     Demand,
     RunnerGroup,
     Shape,
