@@ -77,7 +77,8 @@ class Runner:
         # -- database connections: two (see the module's note). The heartbeat keeps its own, and
         # LISTENs on it between renewals; everything else shares the work connection.
         self._work_db = Database(settings, app)  # starts, outcomes, revokes, orphans, usage, start-up, drain
-        self._heartbeat_db = Database(settings, app + "-heartbeat")  # lease renewal, drain/resume, LISTEN
+        # lease renewal, drain/resume, LISTEN; a few key lookups, prepared and planned once (Database)
+        self._heartbeat_db = Database(settings, app + "-heartbeat", plan_once=True)
 
         self.metrics = RunnerMetrics(self.name)
         self.metrics.set_capacity(capacity.slots, capacity.cpu, capacity.memory_mb)

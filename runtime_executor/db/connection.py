@@ -22,7 +22,7 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the message is safe to log (no password)."""
 
 
-def session_options(settings: Settings, *, async_commit: bool = False) -> str:
+def session_options(settings: Settings, *, async_commit: bool = False, plan_once: bool = False) -> str:
     """Server settings of every rtx session.
 
     Invariant: an rtx session bounds what it can hold. A lock wait ends after ``lock_timeout``, a
@@ -32,7 +32,7 @@ def session_options(settings: Settings, *, async_commit: bool = False) -> str:
     calling loop retries with backoff (a session the server ended is reopened).
 
     jit=off: rtx runs short statements; JIT compiles (~20 ms) whenever a row estimate is large (the
-    claim's) and never pays back. For synchronous_commit=off see Database.
+    claim's) and never pays back. For synchronous_commit=off and plan_cache_mode see Database.
     """
     options = [
         "jit=off",
@@ -45,11 +45,18 @@ def session_options(settings: Settings, *, async_commit: bool = False) -> str:
     ]
     if async_commit:
         options.append("synchronous_commit=off")
+    if plan_once:
+        options.append("plan_cache_mode=force_generic_plan")
     return " ".join(f"-c {o}" for o in options)
 
 
 def connect(
-    settings: Settings, application_name: str, *, autocommit: bool = True, async_commit: bool = False
+    settings: Settings,
+    application_name: str,
+    *,
+    autocommit: bool = True,
+    async_commit: bool = False,
+    plan_once: bool = False,
 ) -> psycopg.Connection:
     if not settings.database_url:
         raise DatabaseUnavailable(
@@ -57,7 +64,7 @@ def connect(
             "[database] sql_alchemy_conn"
         )
     try:
-        return psycopg.Connection.connect(
+        conn = psycopg.Connection.connect(
             settings.database_url,
             autocommit=autocommit,
             application_name=application_name,
@@ -67,13 +74,16 @@ def connect(
             keepalives_idle=settings.keepalives_idle,
             keepalives_interval=settings.keepalives_interval,
             keepalives_count=settings.keepalives_count,
-            options=session_options(settings, async_commit=async_commit),
+            options=session_options(settings, async_commit=async_commit, plan_once=plan_once),
         )
     except psycopg.Error as exc:
         message = error_line(exc)
         raise DatabaseUnavailable(
             f"cannot connect to {redact_url(settings.database_url)}: {message}"
         ) from None
+    if plan_once:
+        conn.prepare_threshold = 0  # prepared at the first execution (psycopg's default: the sixth)
+    return conn
 
 
 class Database:
@@ -85,20 +95,37 @@ class Database:
     ``Database`` of its own (see runner.service).
     """
 
-    def __init__(self, settings: Settings, application_name: str, *, async_commit: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        application_name: str,
+        *,
+        async_commit: bool = False,
+        plan_once: bool = False,
+    ) -> None:
         """``async_commit``: commits do not wait for the WAL flush. Only for the allocator's
         placement passes: an assignment lost in a crash reverts to 'unassigned', and anything that
-        depends on it (a runner's synchronous start) flushes the WAL up to and including it first."""
+        depends on it (a runner's synchronous start) flushes the WAL up to and including it first.
+
+        ``plan_once``: each statement is prepared at its first execution and planned once (a generic
+        plan), instead of parsed and planned anew for its first five executions (psycopg's prepare
+        threshold) and then five more (the server's custom plans). For a connection that runs a few
+        key lookups seldom: the runner's heartbeat, whose idle renewals come every ``lease_timeout /
+        2`` s, spent its first two minutes there at 1.6 ms of server CPU per renewal against 0.4 ms
+        after (docs/scaling.md). Not for statements whose best plan depends on their values."""
         self.settings = settings
         self.application_name = application_name
         self.async_commit = async_commit
+        self.plan_once = plan_once
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
 
     @property
     def connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings, self.application_name, async_commit=self.async_commit)
+            self._conn = connect(
+                self.settings, self.application_name, async_commit=self.async_commit, plan_once=self.plan_once
+            )
         return self._conn
 
     @contextmanager
