@@ -132,14 +132,18 @@ class Allocator:
         """One placement pass; True when a queue's whole claim was placed (run again at once)."""
         started = time.perf_counter()
         with self._placement_db.transaction() as gw:
-            if not gw.has_unassigned():
+            queues = gw.pending_queues()
+            if not queues:
                 return False
-            # Lock first, then read what the runners hold, then claim: see the invariant above.
-            runner_rows = gw.lock_live_runners()
+            # Lock first, then read what the runners hold, then claim: see the invariant above. Only
+            # the runners of queues with pending work: nothing is assigned to any other.
+            runner_rows = gw.lock_live_runners(queues)
             held = {r["runner_id"]: r for r in gw.runner_reservations([r["id"] for r in runner_rows])}
             runners = [_runner_state(r, held.get(r["id"])) for r in runner_rows]
-            limits = claim_limits(runners, self.settings.allocator_batch_size)
-            claimed = gw.claim_unassigned(limits, HEAD_OF_QUEUE)
+            free_limits = claim_limits(runners, self.settings.allocator_batch_size)
+            # a queue with no runner still gets its head claimed: the strategy marks it unschedulable
+            limits = {q: free_limits.get(q, HEAD_OF_QUEUE) for q in queues}
+            claimed = gw.claim_unassigned(limits)
             claimed_at = time.perf_counter()
             if not claimed:
                 return False

@@ -83,20 +83,20 @@ class Gateway:
         return {str(r["id"]) for r in self.fetch("tracked_allocations", {"ids": list(ids)})}
 
     # -- allocator ------------------------------------------------------------------------------
-    def lock_live_runners(self) -> list[Row]:
-        return self.fetch("lock_live_runners")
+    def lock_live_runners(self, queues: Sequence[str] | None = None) -> list[Row]:
+        """Lock (placement's advisory lock) and read the live active runners serving any of
+        ``queues`` (None: every one)."""
+        return self.fetch("lock_live_runners", {"queues": list(queues) if queues is not None else None})
 
     def runner_reservations(self, runner_ids: Sequence[str]) -> list[Row]:
         return self.fetch("runner_reservations", {"runner_ids": list(runner_ids)})
 
-    def has_unassigned(self) -> bool:
-        return bool(self.fetch("has_unassigned")[0]["pending"])
+    def pending_queues(self) -> list[str]:
+        return [r["queue"] for r in self.fetch("pending_queues")]
 
-    def claim_unassigned(self, limits: dict[str, int], head: int) -> list[Row]:
-        """Claim per queue up to ``limits[queue]`` rows (``head`` for a queue not in ``limits``)."""
-        return self.fetch(
-            "claim_unassigned", {"queues": list(limits), "limits": list(limits.values()), "head": head}
-        )
+    def claim_unassigned(self, limits: dict[str, int]) -> list[Row]:
+        """Claim up to ``limits[queue]`` pending rows of each queue in ``limits``."""
+        return self.fetch("claim_unassigned", {"queues": list(limits), "limits": list(limits.values())})
 
     def assign(self, ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> int:
         """Assign the claimed rows (``ctid`` and ``id`` as claim_unassigned returned them)."""

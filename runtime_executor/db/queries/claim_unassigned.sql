@@ -2,23 +2,17 @@
 -- capacity could take, and always a few from the head, so a large request at the head is seen and
 -- gets its reservation). A queue whose head cannot be placed never hides another queue's work.
 -- Rows another allocator holds are skipped. ctid: where the locked row is, for assign.
-WITH RECURSIVE q AS (  -- the queues with pending work, by a skip scan of allocations_pending
-    (SELECT queue FROM {schema}.allocations WHERE state = 'unassigned' ORDER BY queue LIMIT 1)
-    UNION ALL
-    SELECT (SELECT a.queue FROM {schema}.allocations AS a
-             WHERE a.state = 'unassigned' AND a.queue > q.queue ORDER BY a.queue LIMIT 1)
-      FROM q WHERE q.queue IS NOT NULL
-)
+-- %(queues)s: the queues pending_queues found (the pass locked their runners); a queue that got its
+-- first row since is claimed by the next pass, which that row's NOTIFY starts.
 SELECT a.ctid::text AS ctid, a.id, a.queue, a.slots, a.cpu, a.memory_mb, a.priority_weight, a.unschedulable_reason, a.created_at,
        extract(epoch FROM clock_timestamp() - a.created_at)::float8 AS waited_s  -- database clock
-  FROM q
-  LEFT JOIN unnest(%(queues)s::text[], %(limits)s::integer[]) AS l(queue, lim) ON l.queue = q.queue
+  FROM unnest(%(queues)s::text[], %(limits)s::integer[]) AS l(queue, lim)
   CROSS JOIN LATERAL (
         SELECT ctid, id, queue, slots, cpu, memory_mb, priority_weight, unschedulable_reason, created_at
           FROM {schema}.allocations
-         WHERE state = 'unassigned' AND queue = q.queue
+         WHERE state = 'unassigned' AND queue = l.queue
          ORDER BY priority_weight DESC, created_at, id
-         LIMIT coalesce(l.lim, %(head)s)
+         LIMIT l.lim
            FOR UPDATE SKIP LOCKED
        ) AS a
  ORDER BY a.priority_weight DESC, a.created_at, a.id

@@ -5,10 +5,14 @@
 -- Invariant: placement never locks the runner rows themselves. Heartbeats, rescue and drains
 -- update those rows and never take this lock, so a frozen allocator holding it delays no heartbeat
 -- (it only makes other allocators' passes wait, up to lock_timeout, and retry).
+-- %(queues)s: only runners serving one of these (the queues with pending work), NULL: all. A pass
+-- assigns only to runners it locked, so leaving the others out keeps the invariant and spares 200
+-- runners' locks and reservations a pass for one queue's task.
 WITH live AS (
     SELECT id, queues, slots, cpu, memory_mb
       FROM {schema}.runners
      WHERE state = 'active' AND lease_expires_at > clock_timestamp()
+       AND (%(queues)s::text[] IS NULL OR queues && %(queues)s::text[])
      ORDER BY id
 )
 SELECT l.id, l.queues, l.slots, l.cpu, l.memory_mb

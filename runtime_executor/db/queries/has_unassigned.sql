@@ -1,1 +1,0 @@
-SELECT EXISTS (SELECT 1 FROM {schema}.allocations WHERE state = 'unassigned') AS pending
