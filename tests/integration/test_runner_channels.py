@@ -12,7 +12,7 @@ import pytest
 from runtime_executor.db.channels import allocator_channel, runner_channel
 from runtime_executor.db.migrate import migrate
 from testing.daemons import query, wait_for
-from tests.integration.conftest import register_runner
+from tests.integration.conftest import register_runner, start_on_runner
 from tests.support.allocations import assign_to, insert_allocations
 from tests.support.fixtures import FAST, read_records, wait_runners, wait_states
 
@@ -127,3 +127,25 @@ def test_an_idle_runner_fails_an_orphan_soon_after_a_renewal_sees_it(db, daemons
         daemons.db_url, "SELECT reason FROM runtime_executor.allocations WHERE id = %(a)s", {"a": orphan}
     )
     assert "the runner had no process for it" in reason
+
+
+def test_a_finish_wakes_the_allocators_only_while_work_waits(db, db_url):
+    """Each NOTIFY-ing commit signals every listening backend (every runner's heartbeat session), so
+    a finish notifies the allocators only when a pending row could use the capacity it freed."""
+    schema = db.settings.schema
+    runner = register_runner(db)
+    first, second = insert_allocations(db, 2)
+    for allocation in (first, second):
+        start_on_runner(db, allocation, runner)
+    hear_allocator = _listen(db_url, allocator_channel(schema))
+    try:
+        with db.transaction() as gw:  # nothing waits: no wake-up
+            assert gw.finish_allocation(first, runner, "succeeded", 0, None)
+        assert _heard(hear_allocator, 0.3) == []
+        insert_allocations(db, 1)
+        assert _heard(hear_allocator) == [allocator_channel(schema)]  # the insert's own
+        with db.transaction() as gw:  # now a row waits: the freed capacity wakes the allocators
+            assert gw.finish_allocation(second, runner, "failed", 1, "boom")
+        assert _heard(hear_allocator) == [allocator_channel(schema)]
+    finally:
+        hear_allocator.close()

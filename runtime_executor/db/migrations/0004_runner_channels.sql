@@ -1,4 +1,4 @@
--- rtx schema, version 4: a NOTIFY channel per runner.
+-- rtx schema, version 4: a NOTIFY channel per runner, and fewer NOTIFYs for the allocators.
 --
 -- Before, every runner LISTENed on the one "<schema>.runner" channel and kept the NOTIFYs whose
 -- payload was its id: each assignment was delivered to every runner (202 deliveries per task with
@@ -6,6 +6,13 @@
 -- runner_channel(schema, id), and a NOTIFY reaches only the runner it is for. (PostgreSQL 15 still signals
 -- every listening backend of the database at each commit that notified; what is saved is the
 -- delivery to, and wake-up of, every other runner process.)
+--
+-- And a finish wakes the allocators only while work waits (before: every finish). Every NOTIFY-ing
+-- commit signals every listening backend of the database, 200 of them with 200 runners, so each one
+-- left out is 200 wake-ups saved. The check reads committed rows at the finish; a row committed
+-- between that check and the finish's commit is placed by the pass its own insert's NOTIFY starts,
+-- or, if that pass ran before the finish committed and found no room, by the allocator's next poll
+-- (allocator_poll_interval).
 --
 -- The name: "<schema>.runner.<id>" when that fits in an identifier (63 bytes: schemas of up to 19
 -- characters), else "rtx.runner." and the md5 of "<schema>.<id>". runtime_executor.db.channels.runner_channel
@@ -31,10 +38,12 @@ BEGIN
               WHERE n.runner_id IS NOT NULL
                 AND ((n.state = 'assigned' AND o.state IS DISTINCT FROM 'assigned')
                      OR (n.cancel_requested AND NOT o.cancel_requested))) AS r;
-    -- wake the allocator when work came back or capacity was freed
+    -- wake the allocator when work came back, or when capacity was freed and work waits for it
     IF EXISTS (SELECT 1 FROM new_rows AS n JOIN old_rows AS o USING (id)
-                WHERE (n.state = 'unassigned' AND o.state <> 'unassigned')
-                   OR (o.state IN ('assigned', 'running') AND n.state NOT IN ('assigned', 'running'))) THEN
+                WHERE n.state = 'unassigned' AND o.state <> 'unassigned')
+       OR (EXISTS (SELECT 1 FROM new_rows AS n JOIN old_rows AS o USING (id)
+                    WHERE o.state IN ('assigned', 'running') AND n.state NOT IN ('assigned', 'running'))
+           AND EXISTS (SELECT 1 FROM {schema}.allocations WHERE state = 'unassigned')) THEN
         PERFORM pg_notify(TG_TABLE_SCHEMA || '.allocator', '');
     END IF;
     RETURN NULL;
