@@ -164,7 +164,11 @@ def pickup(url: str, record: Path, tasks: int, warmup: int, gap: float) -> dict:
         db.close()
     started = dict(line.split() for line in record.read_text().splitlines())
     ms = [(float(started[a]) - sent[a]) * 1000 for a in list(sent)[warmup:]]
-    return {"tasks": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2)}
+    return {
+        "tasks": len(ms),
+        **{f"p{p}_ms": round(percentile(ms, p), 2) for p in (50, 90, 95, 99)},
+        "max_ms": round(max(ms), 2),
+    }
 
 
 def measure(n: int, args: argparse.Namespace) -> dict:
