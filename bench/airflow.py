@@ -73,7 +73,9 @@ EXECUTORS = {
     "rtx": "runtime_executor.RuntimeExecutor",
     "celery": "CeleryExecutor",
 }
-# RTX_BENCH_RUNNER_ARGS adds runner flags, e.g. "--spare-processes 16"
+# RTX_BENCH_RUNNERS runners (2 unless set); RTX_BENCH_RUNNER_ARGS adds runner flags, e.g.
+# "--spare-processes 16", or "--slots 32" (the last --slots given wins) with RTX_BENCH_RUNNERS=1
+RUNNERS = int(os.environ.get("RTX_BENCH_RUNNERS") or 2)
 RUNNER_ARGS = (
     "--slots",
     "16",
@@ -193,7 +195,7 @@ class Deployment:
             )
         if self.executor == "rtx":
             self._daemon("allocator", [sys.executable, "-m", "allocator", "serve"])
-            for i in (1, 2):
+            for i in range(1, RUNNERS + 1):
                 self._daemon(
                     f"runner-{i}",
                     [sys.executable, "-m", "runner", "serve", "--name", f"runner-{i}", *RUNNER_ARGS],
@@ -207,9 +209,9 @@ class Deployment:
             # a runner registers once its fork server is warm: as in production, where runners
             # are up long before the DAG runs
             deadline = time.monotonic() + 120
-            while active_runners(self.db_url) < 2:
+            while active_runners(self.db_url) < RUNNERS:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("rtx runners did not register in 120 s")
+                    raise RuntimeError(f"{RUNNERS} rtx runner(s) did not register in 120 s")
                 time.sleep(0.5)
         for dag_id in WORKLOADS.values():
             self.stack.wait_for_dag(dag_id, timeout=180)
@@ -282,6 +284,7 @@ class Deployment:
         cpu_before = self.cpu()
         host_before = psutil.cpu_times()
         wall_before = time.time()
+        profilers = self._start_profilers(workload)
         run_id = self.stack.trigger(dag_id)
         peak = (0, 0.0)
         deadline = time.monotonic() + timeout
@@ -304,6 +307,7 @@ class Deployment:
         wall_after = time.time()
         host_after = psutil.cpu_times()
         cpu_after = self.cpu()
+        self._stop_profilers(profilers)
         tis = self.sql(
             "select extract(epoch from queued_dttm - scheduled_dttm), extract(epoch from start_date - queued_dttm),"
             " extract(epoch from end_date - start_date), state from task_instance where dag_id=%s and run_id=%s",
@@ -369,10 +373,68 @@ class Deployment:
             if pickups:
                 result["rtx_pickup_p50_ms"] = round(percentile(pickups, 50) * 1000, 1)
                 result["rtx_pickup_p99_ms"] = round(percentile(pickups, 99) * 1000, 1)
+            result.update(self._rtx_stages(dag_id, run_id))
         if workload == "sleep_32" and peak[0]:
             result["running_peak"] = peak[0]
             result["pss_mb_per_running_task"] = round(peak[1] / peak[0], 1)
         return result
+
+    def _start_profilers(self, workload: str) -> list[subprocess.Popen]:
+        """``RTX_BENCH_PROFILE=scheduler,runner-1,...``: py-spy (collapsed stacks, 100 Hz, the
+        process itself, not its children) over each of those components for the workload's run, into the deployment's
+        logs folder as ``profile-<executor>-<workload>-<component>.txt``."""
+        wanted = {n for n in os.environ.get("RTX_BENCH_PROFILE", "").split(",") if n}
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        procs = []
+        for comp in self.components:
+            if comp.name in wanted:
+                out = self.stack.logs_dir / f"profile-{self.executor}-{workload}-{comp.name}.txt"
+                argv = [spy, "record", "--pid", str(comp.proc.pid), "--format", "raw", "--rate", "100"]
+                argv += ["--nonblocking", "--output", str(out)]
+                procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return procs
+
+    @staticmethod
+    def _stop_profilers(procs: list[subprocess.Popen]) -> None:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def _rtx_stages(self, dag_id: str, run_id: str) -> dict:
+        """Where rtx's queued -> start goes, p50 per stage in ms (one host: one clock for all).
+
+        queued_dttm (scheduler, before its commit) -> created_at (the shim's INSERT, same transaction)
+        -> assigned_at (the allocator's placement) -> started_at (the runner's claim) ->
+        process_started_at (handed to a spare, pid written) -> start_date (the spare's supervisor,
+        right after it forked the task); and after the task: end_date (the task's own last API call)
+        -> finished_at (the runner wrote the outcome, which the scheduler's next sync reads)."""
+        rows = self.sql(
+            sql(
+                "select extract(epoch from a.created_at - t.queued_dttm),"
+                " extract(epoch from a.assigned_at - a.created_at),"
+                " extract(epoch from a.started_at - a.assigned_at),"
+                " extract(epoch from a.process_started_at - a.started_at),"
+                " extract(epoch from t.start_date - a.process_started_at),"
+                " extract(epoch from a.finished_at - t.end_date)"
+                " from {schema}.allocations a join task_instance t on t.dag_id = a.dag_id"
+                " and t.task_id = a.task_id and t.run_id = a.run_id and t.map_index = a.map_index"
+                " and t.try_number = a.try_number where a.dag_id = %s and a.run_id = %s"
+                " and a.process_started_at is not null and t.start_date is not null"
+                " and a.finished_at is not null and t.end_date is not null"
+            ),
+            (dag_id, run_id),
+        )
+        out = {}
+        for i, name in enumerate(STAGES):
+            values = [float(r[i]) for r in rows if r[i] is not None]
+            if values:
+                out[f"rtx_stage_{name}_ms"] = round(percentile(values, 50) * 1000, 1)
+        return out
 
     def _api_requests(self, start: float, end: float) -> dict:
         durations: list[float] = []
@@ -436,6 +498,9 @@ ROWS = [
     ("rtx_pickup_p99_ms", "rtx pickup p99 (ms)"),
     ("pss_mb_per_running_task", "PSS per running task (MB)"),
 ]
+# rtx's queued -> start by stage (Deployment._rtx_stages)
+STAGES = ("insert", "placed", "claimed", "handed", "forked", "finished")
+ROWS += [(f"rtx_stage_{s}_ms", f"rtx stage {s} p50 (ms)") for s in STAGES]
 
 
 def _fmt(values: list[float]) -> str:
