@@ -6,8 +6,9 @@ Airflow's tables and never runs a task itself.
 * ``queue_workload`` inserts one allocation per task (or callback) in the scheduler's own
   transaction when rtx shares Airflow's database, so the row exists exactly when the task instance
   is QUEUED. The allocation id is the external executor id the scheduler pre-assigned.
-* ``sync`` reports every state change at least once (a second delivery changes nothing): it reads
-  what is owed, pushes it to the event buffer, then marks those rows reported.
+* ``sync`` reports every outcome (and a callback's start) at least once (a second delivery changes
+  nothing): it reads what is owed, pushes it to the event buffer, then marks those rows reported.
+  A task's start is not reported: the task tells Airflow itself (unreported_outcomes.sql says why).
 * A bad resource request is stored as a failed allocation with its reason, so the task fails at
   once with a message naming it and the value, and the scheduler carries on.
 * With a separate rtx database (``RTX_DATABASE_URL``) that cannot be reached, a queued workload
@@ -397,7 +398,7 @@ class RuntimeExecutor(BaseExecutor):
         # mark (lost connection, an exception halfway) leaves the rows owed: the next sync delivers
         # them again. Again is harmless: change_state on a key no longer in ``running`` only logs,
         # the scheduler ignores a terminal event for a try it has already finished (its TI is no
-        # longer QUEUED/RUNNING with that try number), and a RUNNING event only sets the id again.
+        # longer QUEUED/RUNNING with that try number), and a callback's RUNNING only sets it again.
         if self._gate.down:
             return  # no wait on an unreachable database; outcomes stay owed in it until it is back
         self._flush_cancels()
@@ -433,7 +434,7 @@ class RuntimeExecutor(BaseExecutor):
         try:
             key = _key_of(row)
             state = row["state"]
-            if state == "running":
+            if state == "running":  # a callback's start (a task's is not reported)
                 self.running_state(key, str(row["id"]))
             elif state == "succeeded":
                 self.success(key)

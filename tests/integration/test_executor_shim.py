@@ -353,7 +353,7 @@ def test_airflow_resources_are_read_once_per_dag_version(make_executor, engine, 
     ],
 )
 def test_runner_progress_is_reported_exactly_once(
-    make_executor, engine, rtx_db, final, exit_code, reason, expected
+    make_executor, engine, rtx_db, rtx, final, exit_code, reason, expected
 ):
     executor = make_executor(job_id=5)
     workload = task_workload(executor_config=RUNTIME)
@@ -364,10 +364,10 @@ def test_runner_progress_is_reported_exactly_once(
 
     start_on_runner(rtx_db, allocation_id, runner_id)
     executor.sync()
-    assert _events(executor) == {key: (TaskInstanceState.RUNNING, allocation_id)}
-    assert key in executor.running
-    executor.sync()
+    # a start is not an event (the task reports RUNNING to Airflow itself), and stays owed nothing
     assert _events(executor) == {}
+    assert key in executor.running
+    assert rtx.allocation(allocation_id)["reported_state"] is None
 
     assert finish_on_runner(rtx_db, allocation_id, runner_id, final, exit_code, reason) == final
     executor.sync()
@@ -473,12 +473,13 @@ def test_outcome_is_delivered_even_when_marking_it_reported_fails(
 
 
 def test_marking_is_guarded_by_the_reported_state(make_executor, engine, rtx_db, rtx):
-    """A row that moved on between the read and the mark (running -> succeeded) is not marked
-    with its new state: the new state is delivered by the next sync."""
+    """A row that moved on between the read and the mark (a callback's running -> succeeded) is not
+    marked with its new state: the new state is delivered by the next sync."""
     executor = make_executor()
-    workload = task_workload(executor_config=RUNTIME)
-    allocation_id = workload.ti.external_executor_id
+    workload = callback_workload()
     queue_in_session(executor, engine, workload)
+    (allocation,) = rtx.rows("SELECT id FROM {schema}.allocations")
+    allocation_id = str(allocation["id"])
     runner_id = register_runner(rtx_db)
     start_on_runner(rtx_db, allocation_id, runner_id)
     with rtx_db.transaction() as gw:
@@ -489,8 +490,32 @@ def test_marking_is_guarded_by_the_reported_state(make_executor, engine, rtx_db,
         assert gw.mark_reported([str(row["id"])], ["running"], executor.job_id) == []
     assert rtx.allocation(allocation_id)["reported_state"] is None
     executor.sync()
-    assert _events(executor)[workload.ti.key][0] == TaskInstanceState.SUCCESS
+    assert _events(executor)[compat.workload_key(workload)][0] == CallbackState.SUCCESS
     assert rtx.allocation(allocation_id)["reported_state"] == "succeeded"
+
+
+def test_a_started_task_is_not_reported_a_started_callback_is(make_executor, engine, rtx_db, rtx):
+    """Only outcomes of tasks reach the scheduler: a RUNNING event would cost it a locked read of the
+    task instances and keep its loop awake (docs/performance.md). A callback's start sets its state."""
+    executor = make_executor()
+    task, callback = task_workload(executor_config=RUNTIME), callback_workload()
+    queue_in_session(executor, engine, task, callback)
+    runner_id = register_runner(rtx_db)
+    ids = {r["kind"]: str(r["id"]) for r in rtx.rows("SELECT id, kind FROM {schema}.allocations")}
+    for allocation_id in ids.values():
+        start_on_runner(rtx_db, allocation_id, runner_id)
+    executor.sync()
+    assert _events(executor) == {compat.workload_key(callback): (CallbackState.RUNNING, ids["callback"])}
+    assert {
+        r["kind"]: r["reported_state"]
+        for r in rtx.rows("SELECT kind, reported_state FROM {schema}.allocations")
+    } == {
+        "task": None,
+        "callback": "running",
+    }
+    finish_on_runner(rtx_db, ids["task"], runner_id, "succeeded")
+    executor.sync()
+    assert _events(executor) == {task.ti.key: (TaskInstanceState.SUCCESS, None)}
 
 
 def test_lost_allocation_is_reported_failed_once(make_executor, engine, rtx_db, rtx):
@@ -564,7 +589,7 @@ def test_revoke_running_requests_cancel_and_reports_nothing(make_executor, engin
     runner_id = register_runner(rtx_db)
     start_on_runner(rtx_db, allocation_id, runner_id)
     executor.sync()
-    assert _events(executor)[workload.ti.key][0] == TaskInstanceState.RUNNING
+    assert _events(executor) == {}
 
     executor.revoke_task(ti=workload.ti)
     row = rtx.allocation(allocation_id)
