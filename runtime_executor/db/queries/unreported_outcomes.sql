@@ -5,9 +5,9 @@
 -- process_ran and finished_at tell failure_log whether the reason is rtx's to write into the task's log.
 -- A task's start is not reported: the scheduler already holds its external_executor_id (pre-assigned
 -- in 3.2+, a QUEUED event at queue time in 3.1), the task reports RUNNING through the Execution API,
--- and an event would only cost the scheduler a locked read of the task instances and keep its loop
--- from its idle sleep (which delayed every task of a chain by one loop, docs/performance.md). A
--- callback's start is reported: it sets the Callback row's state.
+-- and an event would only cost the scheduler a locked read of the task instances and one more loop
+-- without its idle sleep (docs/performance.md). A callback's start is reported: it sets the Callback
+-- row's state.
 SELECT id, kind, dag_id, task_id, run_id, map_index, try_number, callback_id, state, reason, exit_code,
        process_started_at IS NOT NULL AS process_ran, finished_at
   FROM {schema}.allocations
