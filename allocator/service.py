@@ -53,6 +53,7 @@ import structlog
 
 from allocator.metrics import AllocatorMetrics
 from allocator.model import Request, RunnerState
+from allocator.parallelism import full_schedulers, within_parallelism
 from allocator.strategies import get_strategy
 from runtime_executor import autoscale
 from runtime_executor.db.channels import allocator_channel
@@ -143,7 +144,11 @@ class Allocator:
             free_limits = claim_limits(runners, self.settings.allocator_batch_size)
             # a queue with no runner still gets its head claimed: the strategy marks it unschedulable
             limits = {q: free_limits.get(q, HEAD_OF_QUEUE) for q in queues}
-            claimed = gw.claim_unassigned(limits)
+            # [core] parallelism of each scheduler with capped rows waiting (allocator/parallelism.py),
+            # counted under its parallelism lock (taken after the runners' locks, as in every pass)
+            caps = gw.pending_capped_schedulers()
+            in_flight = gw.scheduler_in_flight(list(caps)) if caps else {}
+            claimed = gw.claim_unassigned(limits, full_schedulers(caps, in_flight))
             claimed_at = time.perf_counter()
             if not claimed:
                 return False
@@ -153,9 +158,12 @@ class Allocator:
                 for r in claimed
             ]
             result = self.strategy.place(requests, runners)
+            by_id = {r["id"]: r for r in claimed}
+            # what would pass a scheduler's parallelism stays unassigned; a subset of the
+            # strategy's placements never overfills a runner
+            result.placements = within_parallelism(result.placements, by_id, in_flight)
             placed: list[dict] = []  # the claimed rows placed, in placement order
             if result.placements:
-                by_id = {r["id"]: r for r in claimed}
                 placed = [by_id[p.request_id] for p in result.placements]
                 gw.assign(
                     [r["ctid"] for r in placed],

@@ -193,6 +193,26 @@ class RuntimeExecutor(BaseExecutor):
         if self._db is not None:
             self._db.close()
 
+    # -- parallelism ------------------------------------------------------------------------------
+    @property
+    def slots_occupied(self) -> int:
+        """What counts against ``[core] parallelism`` in the scheduler: every workload handed to rtx
+        and not yet finished, less ``queue_ahead`` of them. The scheduler so keeps up to
+        parallelism + queue_ahead tasks with rtx; rtx's allocator runs at most parallelism of them
+        at once (each row carries it as ``max_running``, allocator/parallelism.py), and the rest wait
+        in rtx's queue, placed the moment a slot frees rather than after the scheduler's next loop
+        has seen the finish. LocalExecutor does the same with its queue to a fixed pool of workers.
+        (BaseExecutor.heartbeat's ``open_slots`` metric still counts all of them.)"""
+        return max(0, super().slots_occupied - self._queue_ahead())
+
+    @property
+    def slots_available(self) -> int:
+        return self.parallelism - self.slots_occupied
+
+    def _queue_ahead(self) -> int:
+        ahead = self.settings.queue_ahead
+        return self.parallelism if ahead < 0 else ahead
+
     # -- queueing ---------------------------------------------------------------------------------
     def queue_workload(self, workload: Any, session: Session) -> None:
         if compat.is_task(workload):
@@ -262,6 +282,7 @@ class RuntimeExecutor(BaseExecutor):
             state=state,
             workload=workload.model_dump_json() if state == "unassigned" else None,
             scheduler_job_id=self.job_id,
+            max_running=self.parallelism,
             reason=reason,
         )
 
@@ -288,6 +309,7 @@ class RuntimeExecutor(BaseExecutor):
             state="unassigned",
             workload=workload.model_dump_json(),
             scheduler_job_id=self.job_id,
+            max_running=self.parallelism,
             reason=None,
         )
 

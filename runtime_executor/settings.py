@@ -45,6 +45,9 @@ class Settings:
     allocator_batch_size: int = 5000
     allocator_poll_interval: float = 2.0
     unschedulable_timeout: float = 600.0
+    # shim: tasks the scheduler may hand rtx beyond [core] parallelism, to wait in rtx's queue and
+    # start the moment a slot frees (rtx still runs at most parallelism at once). -1: as many again.
+    queue_ahead: int = -1
     # runner
     heartbeat_interval: float = 2.0
     lease_timeout: float = 20.0
@@ -233,6 +236,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"tasks_per_process={settings.tasks_per_process!r} must be >= 1")
     if settings.start_retries < 0:
         raise ConfigError(f"start_retries={settings.start_retries!r} must be >= 0")
+    if settings.queue_ahead < -1:
+        raise ConfigError(
+            f"queue_ahead={settings.queue_ahead!r} must be >= 0, or -1 (as many as [core] parallelism)"
+        )
     if settings.allocator_batch_size < 1:
         raise ConfigError(f"allocator_batch_size={settings.allocator_batch_size!r} must be >= 1")
 

@@ -61,7 +61,7 @@ class Gateway:
 
     # -- shim -----------------------------------------------------------------------------------
     def insert_allocation(self, **row: Any) -> int:
-        return self.execute("insert_allocation", row)
+        return self.execute("insert_allocation", {"max_running": None, **row})
 
     def unreported_outcomes(self, job_id: int | None) -> list[Row]:
         """State changes owed to the scheduler; reading marks nothing (see mark_reported)."""
@@ -94,9 +94,23 @@ class Gateway:
     def pending_queues(self) -> list[str]:
         return [r["queue"] for r in self.fetch("pending_queues")]
 
-    def claim_unassigned(self, limits: dict[str, int]) -> list[Row]:
-        """Claim up to ``limits[queue]`` pending rows of each queue in ``limits``."""
-        return self.fetch("claim_unassigned", {"queues": list(limits), "limits": list(limits.values())})
+    def claim_unassigned(self, limits: dict[str, int], full: Sequence[int] = ()) -> list[Row]:
+        """Claim up to ``limits[queue]`` pending rows of each queue in ``limits``, none of a
+        scheduler in ``full`` (at its parallelism)."""
+        return self.fetch(
+            "claim_unassigned", {"queues": list(limits), "limits": list(limits.values()), "full": list(full)}
+        )
+
+    def pending_capped_schedulers(self) -> dict[int, int]:
+        """Schedulers with waiting rows that carry a parallelism -> that parallelism."""
+        return {r["job_id"]: r["max_running"] for r in self.fetch("pending_capped_schedulers")}
+
+    def scheduler_in_flight(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """Take the parallelism lock of these schedulers, then count what each has assigned or
+        running: two statements, so the count's snapshot follows the lock (lock_schedulers.sql)."""
+        ids = sorted(set(job_ids))
+        self.fetch("lock_schedulers", {"job_ids": ids})
+        return {r["job_id"]: r["in_flight"] for r in self.fetch("scheduler_in_flight", {"job_ids": ids})}
 
     def assign(self, ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> int:
         """Assign the claimed rows (``ctid`` and ``id`` as claim_unassigned returned them)."""

@@ -114,13 +114,14 @@ def engine(rtx) -> Iterator[Any]:
 
 @pytest.fixture
 def make_executor(rtx) -> Iterator[Callable[..., Any]]:
-    """``make_executor(job_id=1, start=True)``: a RuntimeExecutor as the scheduler sets it up."""
+    """``make_executor(job_id=1, start=True, parallelism=None)``: a RuntimeExecutor as the scheduler
+    sets it up (parallelism: [core] parallelism unless given)."""
     from runtime_executor.executor import RuntimeExecutor
 
     made: list[Any] = []
 
-    def make(job_id: int | None = 1, *, start: bool = True) -> Any:
-        executor = RuntimeExecutor()
+    def make(job_id: int | None = 1, *, start: bool = True, parallelism: int | None = None) -> Any:
+        executor = RuntimeExecutor() if parallelism is None else RuntimeExecutor(parallelism=parallelism)
         executor.job_id = job_id
         made.append(executor)
         if start:

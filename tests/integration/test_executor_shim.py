@@ -787,3 +787,23 @@ def test_unique_allocation_per_external_id(make_executor, engine, rtx_db, rtx):
     queue_in_session(executor, engine, workload)
     queue_in_session(executor, engine, workload)
     assert rtx.allocation_count() == 1
+
+
+# -- parallelism and queue_ahead --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("queue_ahead", "ahead"), [(None, 3), ("0", 0), ("5", 5)])
+def test_the_scheduler_may_queue_ahead_and_each_row_carries_the_parallelism(
+    make_executor, engine, rtx, monkeypatch, queue_ahead, ahead
+):
+    """slots_occupied leaves out queue_ahead of the workloads handed over (default: as many as
+    parallelism); the allocator holds the parallelism itself, from each row's max_running."""
+    if queue_ahead is not None:
+        monkeypatch.setenv("RTX_QUEUE_AHEAD", queue_ahead)
+    executor = make_executor(parallelism=3)
+    for i in range(8):
+        queue_in_session(executor, engine, task_workload(task_id=f"t{i}", executor_config=RUNTIME))
+        in_flight = i + 1
+        assert executor.slots_occupied == max(0, in_flight - ahead)
+        assert executor.slots_available == 3 - max(0, in_flight - ahead)
+    assert {r["max_running"] for r in rtx.rows("SELECT max_running FROM {schema}.allocations")} == {3}

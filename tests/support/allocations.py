@@ -21,6 +21,8 @@ def insert_allocations(
     memory_mb: int = 0,
     priority_weight: int = 1,
     dag_id: str = "test_dag",
+    scheduler_job_id: int | None = None,
+    max_running: int | None = None,
 ) -> list[str]:
     ids = []
     payload = workload if isinstance(workload, str) else json.dumps(workload or {})
@@ -43,7 +45,8 @@ def insert_allocations(
                 memory_mb=memory_mb,
                 state="unassigned",
                 workload=payload,
-                scheduler_job_id=None,
+                scheduler_job_id=scheduler_job_id,
+                max_running=max_running,
                 reason=None,
             )
             ids.append(allocation_id)
