@@ -202,6 +202,8 @@ class RuntimeExecutor(BaseExecutor):
         at once (each row carries it as ``max_running``, allocator/parallelism.py), and the rest wait
         in rtx's queue, placed the moment a slot frees rather than after the scheduler's next loop
         has seen the finish. LocalExecutor does the same with its queue to a fixed pool of workers.
+        Off by default (0): a task waiting there is QUEUED in Airflow, and one that waits longer than
+        ``[scheduler] task_queued_timeout`` (behind tasks that run longer) is revoked and requeued.
         (BaseExecutor.heartbeat's ``open_slots`` metric still counts all of them.)"""
         return max(0, super().slots_occupied - self._queue_ahead())
 

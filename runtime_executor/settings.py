@@ -46,8 +46,9 @@ class Settings:
     allocator_poll_interval: float = 2.0
     unschedulable_timeout: float = 600.0
     # shim: tasks the scheduler may hand rtx beyond [core] parallelism, to wait in rtx's queue and
-    # start the moment a slot frees (rtx still runs at most parallelism at once). -1: as many again.
-    queue_ahead: int = -1
+    # start the moment a slot frees (rtx still runs at most parallelism at once); -1: as many again.
+    # 0 by default: a task waiting there is QUEUED in Airflow, and task_queued_timeout counts.
+    queue_ahead: int = 0
     # runner
     heartbeat_interval: float = 2.0
     lease_timeout: float = 20.0

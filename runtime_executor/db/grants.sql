@@ -38,6 +38,6 @@ GRANT UPDATE (state, stopped_at, heartbeat_at, lease_expires_at, host_cpu_percen
 GRANT SELECT (id, kind, dag_id, task_id, run_id, map_index, try_number, callback_id, queue, priority_weight,
               slots, cpu, memory_mb, state, runner_id, scheduler_job_id, reported_state, cancel_requested,
               unschedulable_reason, unschedulable_since, created_at, assigned_at, started_at, finished_at,
-              pid, process_started_at, exit_code, reason, cpu_percent, rss_mb, peak_rss_mb)
+              pid, process_started_at, exit_code, reason, cpu_percent, rss_mb, peak_rss_mb, max_running)
     ON {schema}.allocations TO "{prefix}_status";
 GRANT SELECT ON {schema}.runners TO "{prefix}_status";

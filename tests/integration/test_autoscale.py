@@ -258,3 +258,12 @@ def test_the_keda_postgresql_query_gives_the_gauges_figure(db):
     assert keda == gauge == 4
     insert_allocations(db, 3, slots=9)  # now six requests over half a runner's slots: slots 78 / 16 -> 5
     assert figure() == (6, 6)
+    # a scheduler holding its parallelism (3, one already running): of its 40 waiting 16-slot-wide
+    # requests only 2 can run, whatever the runners: 2 more over half a runner -> 8
+    insert_allocations(db, 41, slots=16, scheduler_job_id=9, max_running=3)
+    with db.transaction() as gw:
+        (first,) = gw.conn.execute(
+            "SELECT id FROM runtime_executor.allocations WHERE scheduler_job_id = 9 ORDER BY created_at, id LIMIT 1"
+        ).fetchone()
+        gw.conn.execute("UPDATE runtime_executor.allocations SET state = 'running' WHERE id = %s", (first,))
+    assert figure() == (8, 8)

@@ -792,12 +792,12 @@ def test_unique_allocation_per_external_id(make_executor, engine, rtx_db, rtx):
 # -- parallelism and queue_ahead --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("queue_ahead", "ahead"), [(None, 3), ("0", 0), ("5", 5)])
+@pytest.mark.parametrize(("queue_ahead", "ahead"), [(None, 0), ("-1", 3), ("5", 5)])
 def test_the_scheduler_may_queue_ahead_and_each_row_carries_the_parallelism(
     make_executor, engine, rtx, monkeypatch, queue_ahead, ahead
 ):
-    """slots_occupied leaves out queue_ahead of the workloads handed over (default: as many as
-    parallelism); the allocator holds the parallelism itself, from each row's max_running."""
+    """slots_occupied leaves out queue_ahead of the workloads handed over (default none, -1: as
+    many as parallelism); the allocator holds the parallelism itself, from each row's max_running."""
     if queue_ahead is not None:
         monkeypatch.setenv("RTX_QUEUE_AHEAD", queue_ahead)
     executor = make_executor(parallelism=3)

@@ -456,9 +456,9 @@ def test_error_line_is_the_first_line_redacted_or_the_type():
 
 
 def test_queue_ahead_default_and_bounds(monkeypatch):
-    assert load_settings().queue_ahead == -1  # as many as [core] parallelism
-    monkeypatch.setenv("AIRFLOW__RUNTIME_EXECUTOR__QUEUE_AHEAD", "0")
     assert load_settings().queue_ahead == 0
+    monkeypatch.setenv("AIRFLOW__RUNTIME_EXECUTOR__QUEUE_AHEAD", "-1")  # as many as [core] parallelism
+    assert load_settings().queue_ahead == -1
     monkeypatch.setenv("AIRFLOW__RUNTIME_EXECUTOR__QUEUE_AHEAD", "-2")
     with pytest.raises(ConfigError, match="queue_ahead=-2"):
         load_settings()
