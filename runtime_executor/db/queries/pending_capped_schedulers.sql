@@ -1,5 +1,6 @@
 -- The schedulers with waiting rows that carry a parallelism (max_running), each with that figure:
--- a skip scan of allocations_pending_by_scheduler (one probe per scheduler, however many rows wait).
+-- a skip scan of allocations_pending_by_scheduler (one probe per scheduler), then that scheduler's
+-- waiting rows for the figure (at most its parallelism plus its queue_ahead).
 WITH RECURSIVE s AS (
     (SELECT scheduler_job_id AS job_id FROM {schema}.allocations
       WHERE state = 'unassigned' AND max_running IS NOT NULL AND scheduler_job_id IS NOT NULL
