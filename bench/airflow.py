@@ -73,6 +73,21 @@ EXECUTORS = {
     "rtx": "runtime_executor.RuntimeExecutor",
     "celery": "CeleryExecutor",
 }
+
+
+def executor_kind(spec: str) -> str:
+    """``rtx:RTX_OUTCOME_WAIT=0`` -> ``rtx``: a variant is an executor plus environment settings."""
+    return spec.split(":", 1)[0]
+
+
+def variant_env(spec: str) -> dict[str, str]:
+    """The environment of a variant (``rtx:NAME=VALUE:NAME=VALUE``), for every component it starts."""
+    pairs = [p for p in spec.split(":")[1:] if p]
+    if any("=" not in p for p in pairs):
+        raise ValueError(f"executor variant {spec!r}: settings are NAME=VALUE")
+    return dict(p.split("=", 1) for p in pairs)
+
+
 # RTX_BENCH_RUNNERS runners (2 unless set); RTX_BENCH_RUNNER_ARGS adds runner flags, e.g.
 # "--spare-processes 16", or "--slots 32" (the last --slots given wins) with RTX_BENCH_RUNNERS=1
 RUNNERS = int(os.environ.get("RTX_BENCH_RUNNERS") or 2)
@@ -145,7 +160,8 @@ class Deployment:
         create_database(self.admin_url, self.db_name)
         db_url = urlsplit(self.admin_url)._replace(path=f"/{self.db_name}").geturl()
         self.db_url = db_url
-        home = self.work / f"{self.executor}-{self.db_name}"
+        self.kind = executor_kind(self.executor)
+        home = self.work / f"{self.kind}-{self.db_name}"
         (home / "plugins").mkdir(parents=True)
         shutil.copy(HERE / "api_timing_plugin.py", home / "plugins")
         self.api_log = home / "api-requests"
@@ -154,8 +170,9 @@ class Deployment:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "RTX_BENCH_API_LOG": str(self.api_log),
+            **variant_env(self.executor),
         }
-        if self.executor == "celery":
+        if self.kind == "celery":
             redis_port = free_port()
             self._extra.append(
                 subprocess.Popen(
@@ -184,16 +201,16 @@ class Deployment:
             db_url,
             port=free_port(),
             dags_folder=DAGS,
-            executor=EXECUTORS[self.executor],
+            executor=EXECUTORS[self.kind],
             extra_env=extra,
         )
         self.stack.prepare()
         self.stack.start()
         for name, proc in self.stack.procs.items():
             self.components.append(
-                Component(name, proc, task_side=(name == "scheduler" and self.executor == "local"))
+                Component(name, proc, task_side=(name == "scheduler" and self.kind == "local"))
             )
-        if self.executor == "rtx":
+        if self.kind == "rtx":
             self._daemon("allocator", [sys.executable, "-m", "allocator", "serve"])
             for i in range(1, RUNNERS + 1):
                 self._daemon(
@@ -201,11 +218,11 @@ class Deployment:
                     [sys.executable, "-m", "runner", "serve", "--name", f"runner-{i}", *RUNNER_ARGS],
                     True,
                 )
-        elif self.executor == "celery":
+        elif self.kind == "celery":
             self._daemon(
                 "celery-worker", [str(Path(sys.executable).parent / "airflow"), "celery", "worker"], True
             )
-        if self.executor == "rtx":
+        if self.kind == "rtx":
             # a runner registers once its fork server is warm: as in production, where runners
             # are up long before the DAG runs
             deadline = time.monotonic() + 120
@@ -239,6 +256,9 @@ class Deployment:
         for proc in self._extra:
             proc.terminate()
             proc.wait(10)
+        if os.environ.get("RTX_BENCH_KEEP_DB") == "1":  # for a look at the rows afterwards
+            print(f"  database {self.db_name} kept", flush=True)
+            return
         with contextlib.suppress(Exception):
             drop_database(self.admin_url, self.db_name)
 
@@ -358,7 +378,7 @@ class Deployment:
             )
         )
         result["max_start_gap_s"] = round(max((b - a for a, b in itertools.pairwise(starts)), default=0.0), 3)
-        if self.executor == "rtx":
+        if self.kind == "rtx":
             # rtx's own pickup: allocation inserted (the scheduler's commit) -> task process started
             pickups = [
                 float(p[0])
@@ -382,15 +402,22 @@ class Deployment:
     def _start_profilers(self, workload: str) -> list[subprocess.Popen]:
         """``RTX_BENCH_PROFILE=scheduler,runner-1,...``: py-spy (collapsed stacks, 100 Hz, the
         process itself, not its children) over each of those components for the workload's run, into the deployment's
-        logs folder as ``profile-<executor>-<workload>-<component>.txt``."""
+        logs folder as ``profile-<executor>-<workload>-<component>.txt``. ``RTX_BENCH_PROFILE_IDLE=1``
+        also samples the threads while they sleep or wait (py-spy ``--idle``): where wall time goes;
+        ``RTX_BENCH_PROFILE_CHILDREN=1`` the component's child processes too (``--subprocesses``: a
+        runner's spares and their task processes)."""
         wanted = {n for n in os.environ.get("RTX_BENCH_PROFILE", "").split(",") if n}
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         procs = []
         for comp in self.components:
             if comp.name in wanted:
-                out = self.stack.logs_dir / f"profile-{self.executor}-{workload}-{comp.name}.txt"
+                out = self.stack.logs_dir / f"profile-{self.kind}-{workload}-{comp.name}.txt"
                 argv = [spy, "record", "--pid", str(comp.proc.pid), "--format", "raw", "--rate", "100"]
                 argv += ["--nonblocking", "--output", str(out)]
+                if os.environ.get("RTX_BENCH_PROFILE_IDLE") == "1":
+                    argv.append("--idle")
+                if os.environ.get("RTX_BENCH_PROFILE_CHILDREN") == "1":
+                    argv.append("--subprocesses")
                 procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return procs
 
@@ -566,7 +593,11 @@ def celery_available() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--executors", default="local,rtx,celery")
+    parser.add_argument(
+        "--executors",
+        default="local,rtx,celery",
+        help="comma-separated; a variant adds settings to every component: rtx:RTX_OUTCOME_WAIT=0",
+    )
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--parallelism", type=int, default=32)
@@ -575,7 +606,7 @@ def main() -> None:
     args = parser.parse_args()
     executors = [e for e in args.executors.split(",") if e]
     workloads = [w for w in args.workloads.split(",") if w]
-    if unknown := set(executors) - set(EXECUTORS) or set(workloads) - set(WORKLOADS):
+    if unknown := {executor_kind(e) for e in executors} - set(EXECUTORS) or set(workloads) - set(WORKLOADS):
         parser.error(f"unknown: {sorted(unknown)}")
     if "celery" in executors and (why := celery_available()):
         print(f"CeleryExecutor not run: {why}", flush=True)
@@ -614,7 +645,7 @@ def main() -> None:
                                 f"run p50 {result['run_p50']}s cpu {result['cpu_s']}",
                                 flush=True,
                             )
-                        if executor == "rtx":
+                        if executor_kind(executor) == "rtx":
                             idle = dep.runner_idle()
                             idle["round"] = round_no
                             results.append(idle)

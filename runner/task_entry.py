@@ -182,10 +182,10 @@ class _Baseline:
         module = sys.modules.get("setproctitle")  # loaded by the task (Airflow's run_workload), if at all
         if module is not None and self.title:
             module.setproctitle(self.title)
-        leftovers = psutil.Process().children(recursive=True)
-        for proc in leftovers:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        leftovers = descendants(os.getpid())
+        for pid in leftovers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
@@ -194,6 +194,40 @@ class _Baseline:
     def growth_mb(self) -> int:
         """How much this process's resident memory grew since it was a fresh spare."""
         return max(0, _rss_mb() - self.rss_mb)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid``, children before theirs, from ``/proc/<pid>/task/*/children``.
+
+    Asked after every task a spare runs. ``psutil.Process.children`` reads ``/proc/<n>/stat`` of
+    every process on the host to build its parent map: 0.6 ms on a quiet host, and under a burst
+    of 32 tasks (300+ processes) 1.5 % of everything sampled in a runner's tree (py-spy, fanout_256).
+    The kernel's own lists cost microseconds. Where they do not exist (a kernel without
+    CONFIG_PROC_CHILDREN), psutil. Either way a process that left the tree (double fork) is not
+    seen, as before."""
+    if not os.path.exists(f"/proc/{pid}/task"):
+        return []
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        with contextlib.suppress(psutil.Error):
+            return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        return []
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # exited meanwhile
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
 
 
 def _rss_mb() -> int:
