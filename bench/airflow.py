@@ -76,7 +76,7 @@ EXECUTORS = {
 
 
 def executor_kind(spec: str) -> str:
-    """``rtx:RTX_OUTCOME_WAIT=0`` -> ``rtx``: a variant is an executor plus environment settings."""
+    """``rtx:RTX_QUEUE_AHEAD=-1`` -> ``rtx``: a variant is an executor plus environment settings."""
     return spec.split(":", 1)[0]
 
 
@@ -155,12 +155,15 @@ class Deployment:
     components: list[Component] = field(default_factory=list)
     _extra: list[subprocess.Popen] = field(default_factory=list)
 
+    @property
+    def kind(self) -> str:
+        return executor_kind(self.executor)
+
     def start(self) -> None:
         self.db_name = f"rtx_bench_af_{uuid.uuid4().hex[:8]}"
         create_database(self.admin_url, self.db_name)
         db_url = urlsplit(self.admin_url)._replace(path=f"/{self.db_name}").geturl()
         self.db_url = db_url
-        self.kind = executor_kind(self.executor)
         home = self.work / f"{self.kind}-{self.db_name}"
         (home / "plugins").mkdir(parents=True)
         shutil.copy(HERE / "api_timing_plugin.py", home / "plugins")
@@ -596,7 +599,7 @@ def main() -> None:
     parser.add_argument(
         "--executors",
         default="local,rtx,celery",
-        help="comma-separated; a variant adds settings to every component: rtx:RTX_OUTCOME_WAIT=0",
+        help="comma-separated; a variant adds settings to every component: rtx:RTX_QUEUE_AHEAD=-1",
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--runs", type=int, default=2)
@@ -608,9 +611,9 @@ def main() -> None:
     workloads = [w for w in args.workloads.split(",") if w]
     if unknown := {executor_kind(e) for e in executors} - set(EXECUTORS) or set(workloads) - set(WORKLOADS):
         parser.error(f"unknown: {sorted(unknown)}")
-    if "celery" in executors and (why := celery_available()):
+    if any(executor_kind(e) == "celery" for e in executors) and (why := celery_available()):
         print(f"CeleryExecutor not run: {why}", flush=True)
-        executors.remove("celery")
+        executors = [e for e in executors if executor_kind(e) != "celery"]
 
     # SIGTERM (a killed make, a CI timeout) unwinds like Ctrl-C, so every deployment is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
