@@ -77,6 +77,13 @@ def main() -> None:
     "Default 100. Also RTX_TASKS_PER_PROCESS.",
 )
 @click.option(
+    "--dag-cache/--no-dag-cache",
+    default=None,
+    help="A warm task process parses each DAG file once for the tasks it runs in turn, and parses again when a "
+    "file the parse read changed or after 60 s (runner/dag_cache.py); --no-dag-cache: every task parses its own "
+    "DAG file, as in Airflow's own executors. Default on. Also RTX_DAG_CACHE.",
+)
+@click.option(
     "--poll-interval",
     "runner_poll_interval",
     type=float,
@@ -169,6 +176,7 @@ def serve(
     from runner.task_entry import drop_database_env
 
     drop_database_env(os.environ, settings.task_env_allow)
+    os.environ["RTX_DAG_CACHE"] = "1" if settings.dag_cache else "0"  # read by the fork server (task_process)
     isolation = None
     if settings.isolation == "cgroup":  # before the fork server starts (v2 may move the runner)
         from runner.cgroups import CgroupError, open_isolation

@@ -66,6 +66,10 @@ def drop_database_env(environ: MutableMapping[str, str], allow: str = "") -> lis
     return dropped
 
 
+# True while a spare runs a task after which it waits for another (not its last): what the task's
+# supervisor prepares for later tasks (runner.dag_cache) is worth preparing only then.
+more_tasks_follow = False
+
 TaskFunction = Callable[[str, dict[str, str], "str | None", str], None]
 
 
@@ -89,6 +93,7 @@ def wait_and_run(conn, runner_alive) -> None:
     """A spare process (protocol: runner.spares): wait for a task on ``conn``, run it, and either exit
     (the runner said it is the last one) or report its exit code on ``conn`` and wait for the next.
     EOF on ``conn`` (the runner retired this spare, or died) ends it without running anything."""
+    global more_tasks_follow
     baseline = _Baseline()
     watching = False
     while True:
@@ -108,6 +113,7 @@ def wait_and_run(conn, runner_alive) -> None:
         if not watching:
             _watch_runner(runner_alive, cgroup)
             watching = True
+        more_tasks_follow = not last
         if last:
             conn.close()
             run(entry, workload_json, env, server, proctitle)  # its exit code is this process's

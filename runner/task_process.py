@@ -15,7 +15,8 @@ no-op tasks, see docs/performance.md):
 * then ``gc.freeze()``: what is loaded now moves to the permanent generation, so the collector of a
   forked task neither walks it nor writes to (and so copies) its pages.
 
-It also makes Airflow's supervisor notice its task process's exit at once (``_wake_on_task_exit``).
+It also makes Airflow's supervisor notice its task process's exit at once (``_wake_on_task_exit``),
+and lets a spare that runs many tasks parse each DAG file once for all of them (``runner.dag_cache``).
 
 The workload JSON, which holds the task's token, reaches the child through the fork server's pipe,
 never argv.
@@ -30,7 +31,9 @@ import os
 import selectors
 import sys
 
-from runtime_executor.airflow_compat import WORKLOAD_ADAPTER, run_workload
+from runner import task_entry
+from runner.dag_cache import DagCache, parse_shape
+from runtime_executor.airflow_compat import WORKLOAD_ADAPTER, is_task, run_workload
 
 _WORKLOAD = WORKLOAD_ADAPTER  # the workload union of the installed Airflow (3.1 to 3.3)
 
@@ -129,6 +132,48 @@ def _wake_on_task_exit() -> None:
     ActivitySubprocess._monitor_subprocess = monitor
 
 
+DAG_CACHE: DagCache | None = None  # set by warm() where the installed Airflow's parse allows it
+
+
+def _cache_parsed_dags() -> None:
+    """Airflow's task parse takes the DAG from the spare's ``DagCache`` where it has one
+    (runner.dag_cache); ``RTX_DAG_CACHE=0`` (``--no-dag-cache``) leaves every task to parse its own."""
+    global DAG_CACHE
+    from airflow.sdk.execution_time import task_runner
+
+    original = task_runner.parse
+    shape = parse_shape(original)
+    if shape is None or getattr(original, "rtx_dag_cache", False):
+        return  # an Airflow whose parse this cache does not know: each task parses, as before
+    cache = DagCache(
+        importlib.import_module(shape[0]),
+        shape[1],
+        task_runner.DagBundlesManager,
+        enabled=os.environ.get("RTX_DAG_CACHE", "1").strip().lower() not in ("0", "false", "no", "off"),
+    )
+
+    def parse(what, log):
+        entry = cache.lookup(what.bundle_info, what.dag_rel_path)
+        if entry is None:
+            return original(what, log)
+        if entry.bag is None:  # the spare could not keep a parse of this file: why, in the task's log
+            log.info("DAG file parsed by the task (rtx --dag-cache could not)", reason=entry.reason[:300])
+            return original(what, log)
+        with cache.serving(entry) as served:
+            ti = original(what, log)
+        if served:
+            log.info(
+                "DAG file parsed by this task's supervisor, before the task (rtx --dag-cache)",
+                dag_file=os.fspath(what.dag_rel_path),
+                parsed_s_ago=round(served[0], 1),
+            )
+        return ti
+
+    parse.rtx_dag_cache = True  # type: ignore[attr-defined]
+    task_runner.parse = parse
+    DAG_CACHE = cache
+
+
 def warm() -> None:
     """Warm the fork server. Each step only saves work: one that fails (an older Airflow without
     that function, a bad CA setting) is skipped, and the task then does it, with Airflow's own error."""
@@ -137,7 +182,7 @@ def warm() -> None:
     for name in OPTIONAL_WARM_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    for step in (_warm_caches, _warm_listeners, _wake_on_task_exit):
+    for step in (_warm_caches, _warm_listeners, _wake_on_task_exit, _cache_parsed_dags):
         with contextlib.suppress(Exception):
             step()
     gc.collect()
@@ -146,6 +191,8 @@ def warm() -> None:
 
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     workload = _WORKLOAD.validate_json(workload_json)
+    if DAG_CACHE is not None and task_entry.more_tasks_follow and is_task(workload):
+        DAG_CACHE.prepare(workload.bundle_info, workload.dag_rel_path)  # never raises
     code = run_workload(workload, server=server, proctitle=proctitle)
     sys.exit(code or 0)
 

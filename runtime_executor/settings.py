@@ -58,6 +58,7 @@ class Settings:
     start_retries: int = 3  # re-placements of a task whose start failed before any of its code ran
     usage_interval: float = 5.0  # seconds between samples of the tasks' CPU and memory
     tasks_per_process: int = 100  # tasks one spare process runs in turn before it is retired (1: one each)
+    dag_cache: bool = True  # a spare parses each DAG file once for the tasks it runs (runner.dag_cache)
     enforce_memory: bool = False  # stop a task whose memory passes its reservation by memory_margin
     memory_margin: float = 10.0  # percent over the reservation before --enforce-memory stops a task
     task_env_allow: str = ""  # comma-separated database-credential variables tasks may still see
