@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,24 +47,31 @@ class Stack:
         self.airflow.stop()
 
 
-@pytest.fixture(scope="module")
-def stack(pg_admin_url, tmp_path_factory, request) -> Iterator[Stack]:
-    """One stack per test module; a module may set ``STACK_ENV`` (extra Airflow/rtx settings)."""
+@contextlib.contextmanager
+def airflow_stack(pg_admin_url: str, home: Path, dags_folder: Path, extra_env=None) -> Iterator[Stack]:
+    """Airflow (database of its own, api-server, scheduler, dag-processor) and rtx's allocator; the
+    caller adds its runners. Everything is stopped and the database dropped on exit."""
     name = f"rtx_e2e_{uuid.uuid4().hex[:10]}"
     create_database(pg_admin_url, name)
-    home = tmp_path_factory.mktemp("airflow")
     airflow = AirflowStack(
-        home,
-        _with_db(pg_admin_url, name),
-        port=free_port(),
-        dags_folder=DAGS,
-        extra_env=getattr(request.module, "STACK_ENV", None),
+        home, _with_db(pg_admin_url, name), port=free_port(), dags_folder=dags_folder, extra_env=extra_env
     )
     s = Stack(airflow, home)
     try:
         airflow.prepare()
         airflow.start()
         s.daemon("allocator", "allocator")
+        yield s
+    finally:
+        s.stop()
+        drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="module")
+def stack(pg_admin_url, tmp_path_factory, request) -> Iterator[Stack]:
+    """One stack per test module; a module may set ``STACK_ENV`` (extra Airflow/rtx settings)."""
+    home = tmp_path_factory.mktemp("airflow")
+    with airflow_stack(pg_admin_url, home, DAGS, getattr(request.module, "STACK_ENV", None)) as s:
         s.daemon(
             "runner-small",
             "runner",
@@ -89,6 +97,3 @@ def stack(pg_admin_url, tmp_path_factory, request) -> Iterator[Stack]:
             "runner-large",
         )
         yield s
-    finally:
-        s.stop()
-        drop_database(pg_admin_url, name)

@@ -11,16 +11,11 @@ dag-processor's) with the pid that made it; each task prints its supervisor's pi
 from __future__ import annotations
 
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 
-from testing.airflow_stack import AirflowStack
-from testing.pgcluster import create_database, drop_database, free_port
-from tests.conftest import _with_db
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, airflow_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -74,28 +69,16 @@ with DAG("rtx_dag_cache_variable", schedule=None, catchup=False):
 
 @pytest.fixture(scope="module")
 def cache_stack(pg_admin_url, tmp_path_factory):
-    name = f"rtx_e2e_{uuid.uuid4().hex[:10]}"
-    create_database(pg_admin_url, name)
-    home = tmp_path_factory.mktemp("airflow")
     dags = tmp_path_factory.mktemp("dags")
     (dags / "cache_helper.py").write_text('VALUE = "one"\n')
     (dags / "settings.json").write_text('{"greeting": "hello"}\n')
     (dags / "rtx_dag_cache.py").write_text(CHAIN_DAG)
     (dags / "rtx_dag_cache_variable.py").write_text(VARIABLE_DAG)
-    airflow = AirflowStack(home, _with_db(pg_admin_url, name), port=free_port(), dags_folder=dags)
-    s = Stack(airflow, home)
-    try:
-        airflow.prepare()
-        airflow.start()
-        s.daemon("allocator", "allocator")
+    with airflow_stack(pg_admin_url, tmp_path_factory.mktemp("airflow"), dags) as s:
         s.daemon(
             "runner", "runner", "--slots", "1", "--spare-processes", "1", "--cpu", "1", "--memory", "1024"
         )
         yield s, dags
-    finally:
-        s.stop()
-        drop_database(pg_admin_url, name)
-        shutil.rmtree(dags, ignore_errors=True)
 
 
 def _run(stack: Stack, dag_id: str) -> tuple[str, dict[str, str]]:
