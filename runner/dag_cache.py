@@ -23,8 +23,8 @@ An entry, and when it is used (each case: what happens)::
   packages, a YAML its tasks are generated from) has the same inode, size and mtime as when it was
   read, a file then missing is still missing, and the entry is younger than ``MAX_AGE_S``. Checked
   before the spare forks the task and again in the task, after its bundle was initialized. A stale
-  entry drops every entry and every module of DAG code (loaded since the fork server's imports, from
-  outside the installed packages) from ``sys.modules``, so the new parse imports the files as they
+  entry drops every entry and every module of DAG code (what the spare's parses added to
+  ``sys.modules`` from outside the installed packages) from ``sys.modules``, so the new parse imports the files as they
   are now (a helper one DAG file imported first may be another's too). Installed packages are never
   forgotten: a second copy of a module would make a second copy of its classes.
 * Failed: the parse raised, or had import errors, or the file is not in the bundle yet (a versioned
@@ -86,7 +86,6 @@ class Entry:
     kwargs: dict[str, Any]  # what the spare built its BundleDagBag with
     bag: Any | None  # None: the parse failed, the task parses itself
     files: dict[str, Stamp]
-    modules: list[str]  # the modules of DAG code (outside the installed packages) the parse added
     parsed_at: float = field(default_factory=time.monotonic)
     reason: str = ""  # why it failed
 
@@ -199,7 +198,7 @@ class DagCache:
         try:
             entry = self._parse(bundle_info, dag_rel_path)
         except Exception as exc:  # noqa: BLE001 - e.g. an unknown bundle: the task's own parse says so
-            entry = Entry(kwargs={}, bag=None, files={}, modules=[], reason=f"{type(exc).__name__}: {exc}")
+            entry = Entry(kwargs={}, bag=None, files={}, reason=f"{type(exc).__name__}: {exc}")
         self.entries[key] = entry
         while len(self.entries) > MAX_ENTRIES:
             self.entries.popitem(last=False)  # its modules stay: other entries may use them
@@ -213,9 +212,7 @@ class DagCache:
         dag_folder = os.fspath(Path(bundle_path, dag_rel_path))
         before = stamp(dag_folder)
         if before is None:
-            return Entry(
-                kwargs={}, bag=None, files={dag_folder: None}, modules=[], reason="not in the bundle yet"
-            )
+            return Entry(kwargs={}, bag=None, files={dag_folder: None}, reason="not in the bundle yet")
         values = {
             "dag_folder": dag_folder,
             "safe_mode": False,
@@ -241,7 +238,7 @@ class DagCache:
                 read.add(os.path.abspath(path))
         files = {path: stamp(path) for path in read}
         files[dag_folder] = before  # a change during the parse makes the entry stale at once
-        entry = Entry(kwargs=kwargs, bag=bag, files=files, modules=modules, reason=reason)
+        entry = Entry(kwargs=kwargs, bag=bag, files=files, reason=reason)
         if asked:  # even if the file caught NeedsTaskContext: what it got is not what the task would
             entry.reason = f"its top-level code asked for {asked[0]}"
         elif bag is not None and getattr(bag, "import_errors", None):

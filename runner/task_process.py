@@ -149,7 +149,7 @@ def _cache_parsed_dags() -> None:
         importlib.import_module(shape[0]),
         shape[1],
         task_runner.DagBundlesManager,
-        enabled=os.environ.get("RTX_DAG_CACHE", "1").strip().lower() not in ("0", "false", "no", "off"),
+        enabled=os.environ.get("RTX_DAG_CACHE", "1") != "0",  # written by rtx-runner serve from its settings
     )
 
     def parse(what, log):
