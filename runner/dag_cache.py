@@ -75,9 +75,10 @@ def _installed_roots() -> tuple[str, ...]:
     """Where installed packages and the standard library live: changes there are upgrades, which
     need a runner restart in any case, so their files are not watched."""
     paths = sysconfig.get_paths()
-    roots = {
-        os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)
-    }
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):  # both forms: module paths are compared as abspath, a venv may be a symlink
+            roots.update({os.path.abspath(paths[key]), os.path.realpath(paths[key])})
     return tuple(sorted(root.rstrip(os.sep) + os.sep for root in roots))
 
 
