@@ -9,7 +9,8 @@ Loops of the process (plus a metrics loop with --metrics-port):
   rows per queue up to what its free slots could take (``FOR UPDATE SKIP LOCKED``), let the
   strategy decide, write the assignments. Holding the placement locks from the read of their usage
   to the commit of the assignments is what keeps the invariant below with any number of
-  allocators. Passes commit asynchronously (see ``Database``).
+  allocators. Passes commit asynchronously (see ``Database``) and are pipelined: four round trips,
+  whatever the number of statements, which is what an allocator on another host than Postgres feels.
 * upkeep (every ``heartbeat_interval``): rescue runners whose lease expired, fail requests that
   stayed unschedulable past ``unschedulable_timeout``.
   Rescue is two statements in one transaction: mark the runners whose lease expired lost, then
@@ -132,22 +133,22 @@ class Allocator:
     def place_pass(self) -> bool:
         """One placement pass; True when a queue's whole claim was placed (run again at once)."""
         started = time.perf_counter()
-        with self._placement_db.transaction() as gw:
-            queues = gw.pending_queues()
+        # pipelined: four round trips (BEGIN + pending work, the locks and what they guard, the
+        # claim, the assignment + COMMIT), each a batch: Database.transaction, Gateway.fetch_batch
+        with self._placement_db.transaction(pipelined=True) as gw:
+            queues, caps = gw.pending_work()
             if not queues:
                 return False
             # Lock first, then read what the runners hold, then claim: see the invariant above. Only
-            # the runners of queues with pending work: nothing is assigned to any other.
-            runner_rows = gw.lock_live_runners(queues)
-            held = {r["runner_id"]: r for r in gw.runner_reservations([r["id"] for r in runner_rows])}
+            # the runners of queues with pending work: nothing is assigned to any other. The
+            # [core] parallelism of each scheduler with capped rows waiting (allocator/parallelism.py)
+            # is counted under its parallelism lock, taken after the runners' locks (in every pass).
+            runner_rows, reservations, in_flight = gw.lock_for_placement(queues, list(caps))
+            held = {r["runner_id"]: r for r in reservations}
             runners = [_runner_state(r, held.get(r["id"])) for r in runner_rows]
             free_limits = claim_limits(runners, self.settings.allocator_batch_size)
             # a queue with no runner still gets its head claimed: the strategy marks it unschedulable
             limits = {q: free_limits.get(q, HEAD_OF_QUEUE) for q in queues}
-            # [core] parallelism of each scheduler with capped rows waiting (allocator/parallelism.py),
-            # counted under its parallelism lock (taken after the runners' locks, as in every pass)
-            caps = gw.pending_capped_schedulers()
-            in_flight = gw.scheduler_in_flight(list(caps)) if caps else {}
             claimed = gw.claim_unassigned(limits, full_schedulers(caps, in_flight))
             claimed_at = time.perf_counter()
             if not claimed:
@@ -165,7 +166,7 @@ class Allocator:
             placed: list[dict] = []  # the claimed rows placed, in placement order
             if result.placements:
                 placed = [by_id[p.request_id] for p in result.placements]
-                gw.assign(
+                gw.assign_at_commit(
                     [r["ctid"] for r in placed],
                     [r["id"] for r in placed],
                     [p.runner_id for p in result.placements],

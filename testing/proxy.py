@@ -5,6 +5,8 @@ daemon only); ``restore()`` lets connections through again. ``cut(hang=True)`` i
 vanished instead of one that refuses: new connections are accepted and then never answered, so a
 client waits for its own connect timeout (``restore()`` closes them).
 
+``latency`` (seconds) holds every chunk that long before passing it on, each way: a peer that far
+away (a round trip then costs about twice that, plus the selector's millisecond granularity).
 ``bind`` puts the listener on another local address (the host side of a network namespace's link,
 ``testing/netns.py``); ``keepalive=(idle, interval, count)`` probes each accepted connection the
 way Postgres probes its clients (rtx's ``tcp_keepalives_*``), so a client behind a dead link is
@@ -13,10 +15,12 @@ dropped on the server side too instead of being held open by the proxy.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import selectors
 import socket
 import threading
+import time
 
 
 class TcpProxy:
@@ -27,8 +31,10 @@ class TcpProxy:
         *,
         bind: str = "127.0.0.1",
         keepalive: tuple[int, int, int] | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.target = (target_host, target_port)
+        self._latency = latency
         self.host = bind
         self._keepalive = keepalive
         self._listener = socket.socket()
@@ -70,6 +76,8 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            for s in (client, upstream):  # as libpq and the server do: no Nagle delay on small writes
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
@@ -78,13 +86,21 @@ class TcpProxy:
         sel = selectors.DefaultSelector()
         sel.register(a, selectors.EVENT_READ, b)
         sel.register(b, selectors.EVENT_READ, a)
+        held: collections.deque[tuple[float, socket.socket, bytes]] = collections.deque()  # (due, to, data)
         try:
             while True:
-                for key, _ in sel.select(timeout=1.0):
+                timeout = max(0.0, held[0][0] - time.monotonic()) if held else 1.0
+                for key, _ in sel.select(timeout=timeout):
                     data = key.fileobj.recv(65536)
                     if not data:
                         return
-                    key.data.sendall(data)
+                    if self._latency:
+                        held.append((time.monotonic() + self._latency, key.data, data))  # one delay: FIFO
+                    else:
+                        key.data.sendall(data)
+                while held and held[0][0] <= time.monotonic():
+                    _, to, data = held.popleft()
+                    to.sendall(data)
                 if not self._open.is_set() or self._stopped.is_set():
                     return
         except OSError:

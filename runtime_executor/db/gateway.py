@@ -34,30 +34,65 @@ def query(name: str, schema: str) -> str:
     return for_schema(_raw_query(name), schema)
 
 
+def _assignments(ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> dict[str, list[Any]]:
+    return {"ctids": list(ctids), "ids": list(ids), "runner_ids": list(runner_ids)}
+
+
+def _rows(cur: Any) -> list[Row]:
+    if cur.description is None:
+        return []
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
 class Gateway:
-    def __init__(self, conn: Any, schema: str) -> None:
+    """``pipeline``: the psycopg pipeline the connection is in (``Database.transaction(pipelined=True)``):
+    each ``fetch`` / ``execute`` then waits for its own answer (one round trip), ``fetch_batch`` for
+    all of its statements at once, and ``send`` not at all."""
+
+    def __init__(self, conn: Any, schema: str, pipeline: Any = None) -> None:
         self.conn = conn
         self.schema = schema
+        self._pipeline = pipeline
 
     # -- plumbing -------------------------------------------------------------------------------
     def fetch(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        cur = self.conn.cursor()
-        try:
-            cur.execute(query(name, self.schema), params or {})
-            if cur.description is None:
-                return []
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-        finally:
-            cur.close()
+        return self.fetch_batch([(name, params)])[0]
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> int:
         cur = self.conn.cursor()
         try:
             cur.execute(query(name, self.schema), params or {})
+            if self._pipeline is not None:
+                self._pipeline.sync()  # the answer, with its rowcount
             return cur.rowcount
         finally:
             cur.close()
+
+    def send(self, name: str, params: Mapping[str, Any] | None = None) -> None:
+        """A statement whose answer is not awaited: in a pipelined transaction it goes out with the
+        next round trip, at the latest the COMMIT, and an error of it fails that (the transaction
+        rolls back, the caller's block raises). Elsewhere it runs at once, as ``execute``."""
+        self.conn.cursor().execute(query(name, self.schema), params or {})
+
+    def fetch_batch(self, calls: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[list[Row]]:
+        """The rows of each of ``calls`` (query name, parameters). In a pipelined transaction the
+        statements go out together and are answered in one round trip; elsewhere one after the
+        other. The server runs them in order either way, each with a snapshot of its own under READ
+        COMMITTED: a statement after a lock in the batch sees what committed before the lock was
+        granted. The first error aborts the rest (and the transaction), as it would in sequence."""
+        cursors = []
+        try:
+            for name, params in calls:
+                cur = self.conn.cursor()
+                cursors.append(cur)
+                cur.execute(query(name, self.schema), params or {})
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return [_rows(cur) for cur in cursors]
+        finally:
+            for cur in cursors:
+                cur.close()
 
     # -- shim -----------------------------------------------------------------------------------
     def insert_allocation(self, **row: Any) -> int:
@@ -88,11 +123,32 @@ class Gateway:
         ``queues`` (None: every one)."""
         return self.fetch("lock_live_runners", {"queues": list(queues) if queues is not None else None})
 
-    def runner_reservations(self, runner_ids: Sequence[str]) -> list[Row]:
-        return self.fetch("runner_reservations", {"runner_ids": list(runner_ids)})
+    def pending_work(self) -> tuple[list[str], dict[int, int]]:
+        """The queues with pending work (``pending_queues``) and the schedulers with capped rows
+        waiting, each with its parallelism (``pending_capped_schedulers``), in one round trip."""
+        queues, capped = self.fetch_batch([("pending_queues", None), ("pending_capped_schedulers", None)])
+        return [r["queue"] for r in queues], {r["job_id"]: r["max_running"] for r in capped}
 
-    def pending_queues(self) -> list[str]:
-        return [r["queue"] for r in self.fetch("pending_queues")]
+    def lock_for_placement(
+        self, queues: Sequence[str], job_ids: Sequence[int]
+    ) -> tuple[list[Row], list[Row], dict[int, int]]:
+        """A placement pass's locks and what it reads under them, in one round trip, in this order:
+        lock the live runners serving ``queues`` (``lock_live_runners``), read what the runners of
+        those queues hold (``runner_reservations``: a superset of the runners locked, as a runner's
+        queues never change once registered), then, with ``job_ids``, the parallelism locks of
+        these schedulers and what each has in flight (``lock_schedulers``, ``scheduler_in_flight``).
+        Each read is a statement after its lock, so its snapshot follows the lock (see fetch_batch).
+        Returns (locked runners, reservations, in flight per scheduler)."""
+        ids = sorted(set(job_ids))
+        calls: list[tuple[str, Mapping[str, Any] | None]] = [
+            ("lock_live_runners", {"queues": list(queues)}),
+            ("runner_reservations", {"queues": list(queues)}),
+        ]
+        if ids:
+            calls += [("lock_schedulers", {"job_ids": ids}), ("scheduler_in_flight", {"job_ids": ids})]
+        runners, held, *parallelism = self.fetch_batch(calls)
+        in_flight = {r["job_id"]: r["in_flight"] for r in parallelism[1]} if ids else {}
+        return runners, held, in_flight
 
     def claim_unassigned(self, limits: dict[str, int], full: Sequence[int] = ()) -> list[Row]:
         """Claim up to ``limits[queue]`` pending rows of each queue in ``limits``, none of a
@@ -101,22 +157,14 @@ class Gateway:
             "claim_unassigned", {"queues": list(limits), "limits": list(limits.values()), "full": list(full)}
         )
 
-    def pending_capped_schedulers(self) -> dict[int, int]:
-        """Schedulers with waiting rows that carry a parallelism -> that parallelism."""
-        return {r["job_id"]: r["max_running"] for r in self.fetch("pending_capped_schedulers")}
-
-    def scheduler_in_flight(self, job_ids: Sequence[int]) -> dict[int, int]:
-        """Take the parallelism lock of these schedulers, then count what each has assigned or
-        running: two statements, so the count's snapshot follows the lock (lock_schedulers.sql)."""
-        ids = sorted(set(job_ids))
-        self.fetch("lock_schedulers", {"job_ids": ids})
-        return {r["job_id"]: r["in_flight"] for r in self.fetch("scheduler_in_flight", {"job_ids": ids})}
-
     def assign(self, ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> int:
-        """Assign the claimed rows (``ctid`` and ``id`` as claim_unassigned returned them)."""
-        return self.execute(
-            "assign", {"ctids": list(ctids), "ids": list(ids), "runner_ids": list(runner_ids)}
-        )
+        """Assign the claimed rows (``ctid`` and ``id`` as claim_unassigned returned them); how many were."""
+        return self.execute("assign", _assignments(ctids, ids, runner_ids))
+
+    def assign_at_commit(self, ctids: Sequence[str], ids: Sequence[Any], runner_ids: Sequence[Any]) -> None:
+        """``assign``, sent with the pipelined pass's COMMIT (``send``): a row its guard turns away
+        stays unassigned and is placed by a later pass, so its count is not awaited."""
+        self.send("assign", _assignments(ctids, ids, runner_ids))
 
     def mark_unschedulable(self, reasons: Mapping[str, str]) -> list[Row]:
         return self.fetch("mark_unschedulable", {"ids": list(reasons), "reasons": list(reasons.values())})
