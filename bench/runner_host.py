@@ -15,6 +15,7 @@ import signal
 import threading
 
 from runner.service import Capacity, Runner
+from runtime_executor.db.channels import runner_channel
 from runtime_executor.logs import configure_logging
 from runtime_executor.settings import load_settings
 
@@ -27,6 +28,11 @@ def main() -> None:
     parser.add_argument("--cpu", type=float, default=4.0)
     parser.add_argument("--memory", type=int, default=8192)
     parser.add_argument("--spare-processes", type=int, default=0)
+    parser.add_argument(
+        "--no-listen",
+        action="store_true",
+        help="diagnostic: these runners LISTEN on nothing (no NOTIFY wakes them; their polls still do)",
+    )
     args = parser.parse_args()
 
     settings = load_settings()
@@ -42,6 +48,8 @@ def main() -> None:
         for i in range(args.count)
     ]
     for runner in runners:
+        if args.no_listen:
+            runner.listener.unsubscribe(runner_channel(settings.schema, runner.runner_id))
         runner.start()
     print(f"started {len(runners)} runners in pid {os.getpid()}", flush=True)
     stop = threading.Event()

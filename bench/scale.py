@@ -205,6 +205,8 @@ def measure(n: int, args: argparse.Namespace) -> dict:
                 count = min(left, args.per_host)
                 argv = [sys.executable, "-m", "bench.runner_host", "--count", str(count), "--prefix", f"sim{h}",
                         "--spare-processes", str(args.hosted_spares)]  # fmt: skip
+                if not args.hosted_listen:
+                    argv.append("--no-listen")
                 hosts.append(Daemon(f"host-{h}", argv, daemon_env(url, **env), work))
                 left -= count
                 h += 1
@@ -237,6 +239,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
                 "runners": n,
                 "real_processes": real,
                 "hosted": n - real,
+                "hosted_listen": args.hosted_listen,
                 "connections": conns,
                 "idle": idle,
                 "runner_rss_mb": round(sum(rss) / len(rss), 1) if rss else None,
@@ -272,6 +275,13 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of the idle measurement")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every daemon (repeatable)")
     parser.add_argument("--max-connections", type=int, default=1000, help="of the benchmark's own server")
+    parser.add_argument(
+        "--hosted-listen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-hosted-listen: the hosted runners LISTEN on nothing (a diagnostic: what the NOTIFY"
+        " fan-out to every listening backend costs, Postgres 15 signals them all)",
+    )
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--gap", type=float, default=0.05)
