@@ -57,12 +57,12 @@ def main() -> None:
     with bench_database() as url, contextlib.ExitStack() as cleanup:
         daemons = Daemons(url, work)
         try:
+            allocator_env = {}
             if args.allocator_latency_ms:
                 far = _far_url(url, args.allocator_latency_ms / 1000, cleanup)
                 rtt_ms = _round_trip_ms(far)
-                daemons.db_url = far
-            daemons.allocator()
-            daemons.db_url = url
+                allocator_env["RTX_DATABASE_URL"] = far
+            daemons.allocator(**allocator_env)
             daemons.runner(
                 "--slots",
                 "16",
