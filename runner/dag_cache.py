@@ -152,6 +152,7 @@ class DagCache:
         self.installed = _installed_roots()
         self.reads = _Reads(self.installed)
         self.loaded: set[str] = set()  # every module of DAG code a parse here added to sys.modules
+        self.generation = 0  # changes whenever a prepare parsed (what a process forked before lacks)
 
     def dag_modules(self, names: Any) -> list[str]:
         """Of these modules (new in ``sys.modules`` since a parse began), those of files outside the
@@ -196,6 +197,7 @@ class DagCache:
                 self.entries.move_to_end(key)
                 return entry
             self.clear()
+        self.generation += 1
         try:
             entry = self._parse(bundle_info, dag_rel_path)
         except Exception as exc:  # noqa: BLE001 - e.g. an unknown bundle: the task's own parse says so

@@ -21,6 +21,9 @@ A spare, as the runner and the spare itself (``runner.task_entry.wait_and_run``)
   The spare then runs it exactly as a one-task process always did: its exit code is the process's,
   and the reaper learns it from the process exit (``exit_code``). ``tasks_per_process = 1`` is
   therefore the behaviour of one process per task.
+* Waiting after a task, a spare holds the next task process already forked (runner.prestart), so
+  Airflow's supervisor does not fork on the next task's start path; it is killed and reaped when the
+  spare retires, and exits by itself if the spare dies.
 * Report: after any other task the spare puts back what the task changed (``task_entry._Baseline``:
   ``os.environ`` as it was before the first task, so no token leaks into the next task; signal
   handlers and timers; process title; working directory; umask), kills and reaps any process the

@@ -96,10 +96,12 @@ def wait_and_run(conn, runner_alive) -> None:
     global more_tasks_follow
     baseline = _Baseline()
     watching = False
+    module = None  # the task module: its optional ``between_tasks()`` and ``retire()`` hooks
     while True:
         try:
             entry, workload_json, env, server, proctitle, last = conn.recv()
         except (EOFError, OSError):
+            _hook(module, "retire")
             return
         cgroup = env.pop(JOIN_KEY, None)
         if cgroup:
@@ -119,6 +121,7 @@ def wait_and_run(conn, runner_alive) -> None:
             run(entry, workload_json, env, server, proctitle)  # its exit code is this process's
             return
         code = run_reporting(entry, workload_json, env, server, proctitle)
+        module = sys.modules.get(entry.partition(":")[0])  # imported by now (resolve)
         clean = baseline.restore()
         try:
             conn.send((code, baseline.growth_mb(), clean))
@@ -129,6 +132,14 @@ def wait_and_run(conn, runner_alive) -> None:
         # so the next task's forked child neither walks those objects nor copies their pages.
         gc.collect()
         gc.freeze()
+        _hook(module, "between_tasks")  # runner.task_process: fork the next task process now
+
+
+def _hook(module, name: str) -> None:
+    hook = getattr(module, name, None)
+    if hook is not None:
+        with contextlib.suppress(Exception):
+            hook()
 
 
 def run_reporting(entry: str, workload_json: str, env: dict[str, str], server: str | None, title: str) -> int:

@@ -16,7 +16,8 @@ no-op tasks, see docs/performance.md):
   forked task neither walks it nor writes to (and so copies) its pages.
 
 It also makes Airflow's supervisor notice its task process's exit at once (``_wake_on_task_exit``),
-and lets a spare that runs many tasks parse each DAG file once for all of them (``runner.dag_cache``).
+lets a spare that runs many tasks parse each DAG file once for all of them (``runner.dag_cache``),
+and fork the next task process while it waits for the next task (``runner.prestart``).
 
 The workload JSON, which holds the task's token, reaches the child through the fork server's pipe,
 never argv.
@@ -31,7 +32,7 @@ import os
 import selectors
 import sys
 
-from runner import task_entry
+from runner import prestart, task_entry
 from runner.dag_cache import DagCache, parse_shape
 from runtime_executor.airflow_compat import WORKLOAD_ADAPTER, is_task, run_workload
 
@@ -182,18 +183,36 @@ def warm() -> None:
     for name in OPTIONAL_WARM_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    for step in (_warm_caches, _warm_listeners, _wake_on_task_exit, _cache_parsed_dags):
+    for step in (_warm_caches, _warm_listeners, _wake_on_task_exit, _cache_parsed_dags, prestart.install):
         with contextlib.suppress(Exception):
             step()
     gc.collect()
     gc.freeze()
 
 
+def _cache_generation() -> int | None:
+    return DAG_CACHE.generation if DAG_CACHE is not None else None
+
+
+def between_tasks() -> None:
+    """Called by a spare that reported a task and waits for another (runner.task_entry)."""
+    with contextlib.suppress(Exception):  # e.g. fork failed (EAGAIN): the next task forks as always
+        prestart.prestart(marker=_cache_generation())
+
+
+def retire() -> None:
+    """Called by a spare that leaves without another task."""
+    prestart.discard()
+
+
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
     workload = _WORKLOAD.validate_json(workload_json)
-    if DAG_CACHE is not None and task_entry.more_tasks_follow and is_task(workload):
+    task = is_task(workload)
+    if DAG_CACHE is not None and task_entry.more_tasks_follow and task:
         DAG_CACHE.prepare(workload.bundle_info, workload.dag_rel_path)  # never raises
-    code = run_workload(workload, server=server, proctitle=proctitle)
+    # a child forked before a parse lacks it: then the supervisor forks, as always
+    with prestart.offered(task, marker=_cache_generation()):
+        code = run_workload(workload, server=server, proctitle=proctitle)
     sys.exit(code or 0)
 
 

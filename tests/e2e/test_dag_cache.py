@@ -20,6 +20,7 @@ from tests.e2e.conftest import Stack, airflow_stack
 pytestmark = pytest.mark.e2e
 
 SERVED = "DAG file parsed by this task's supervisor, before the task (rtx --dag-cache)"
+PRESTARTED = "Task process forked ahead of its task (rtx prestart)"
 
 CHAIN_DAG = """
 import json, os
@@ -113,6 +114,12 @@ def test_tasks_share_one_parse_and_a_changed_file_is_parsed_again(cache_stack):
     # the cache each task process parses (4 lines, 4 task pids)
     assert set(parses) == supervisors, (parses, supervisors)
     assert len(parses) < len(logs), parses
+    # one slot, one warm process for the whole chain (a supervisor that missed its task's end would
+    # hold its slot, and the next task would need another process), and every task after its first
+    # ran in a task process it had forked while it waited (runner/prestart.py)
+    assert len(supervisors) == 1, supervisors
+    runner_log = next(d for d in stack.daemons if d.name == "runner").log()
+    assert runner_log.count(PRESTARTED) >= len(logs) - 1, runner_log[-3000:]
 
     # A helper module and a data file the DAG reads change: the next tasks run what is there now.
     (dags / "cache_helper.py").write_text('VALUE = "two"\n')
