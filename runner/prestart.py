@@ -15,7 +15,8 @@ the Execution API's ``start`` to the task's StartupDetails, is Airflow's own.
 The one pre-started child a spare may hold, and what happens to it::
 
     none --prestart (idle spare, after a task's report)--> waiting: forked, Airflow's child start-up
-        done, blocked on its start pipe. No task code, no workload, no token.
+        done, blocked on its start pipe. No task code, no workload, no token, and (as when
+        supervise_task forks) the secrets masker emptied of the previous task's secrets first.
     waiting --a task, usable--> taken: start()'s four socketpair() calls get its sockets, its
         os.fork() gets its pid, and the start message (the spare's environment and process title
         now, as a fork now would have given them) goes down the pipe; the child applies it and runs
@@ -149,6 +150,8 @@ def prestart(marker: Any = None, target: Callable[[], None] | None = None) -> in
     if _original_start is None:
         return None
     discard()
+    if not _forget_masked_secrets():
+        return None
     target = target or supervisor._subprocess_main
     group = _takes_process_group()
     pairs: list[Pair] = []
@@ -165,6 +168,18 @@ def prestart(marker: Any = None, target: Callable[[], None] | None = None) -> in
     os.close(go_r)
     _held = Prestarted(pid, pairs, go_w, target, group, _cgroup(), marker)
     return pid
+
+
+def _forget_masked_secrets() -> bool:
+    """What supervise_task does just before its fork: forget the secrets the spare masked for the
+    previous task (values its supervisor forwarded), or the child forked now would still hold them,
+    reachable, while it runs the next task. False where that cannot be done: then no fork ahead."""
+    try:
+        from airflow.sdk._shared.secrets_masker import reset_secrets_masker
+    except ImportError:
+        return False
+    reset_secrets_masker()
+    return True
 
 
 def _child_main(pairs: list[Pair], go_r: int, go_w: int, target: Callable[[], None], group: bool) -> None:

@@ -24,9 +24,13 @@ from airflow.sdk.execution_time.supervisor import ActivitySubprocess, WatchedSub
 signal.alarm(30)  # a supervisor that never learns of its task's end fails the case, not the suite
 OUT = sys.argv[1]
 
+SECRET = "the-previous-tasks-secret"
+
 def target():
+    from airflow.sdk._shared.secrets_masker import redact
     with open(OUT, "w") as f:
-        json.dump({"pid": os.getpid(), "pgid": os.getpgid(0), "probe": os.environ.get("RTX_PROBE")}, f)
+        json.dump({"pid": os.getpid(), "pgid": os.getpgid(0), "probe": os.environ.get("RTX_PROBE"),
+                   "knows_secret": redact(SECRET) != SECRET}, f)
     # ends as a task does: its sockets to the supervisor close at exit
 
 # what ActivitySubprocess.start asks of start() on this Airflow (3.3: a process group of its own)
@@ -55,6 +59,9 @@ def result(**values):
 
 TAKEN = r"""
 assert prestart._original_start is not None, "prestart not installed"
+from airflow.sdk._shared.secrets_masker import mask_secret, redact
+mask_secret(SECRET)  # as the previous task's supervisor did for a value it forwarded
+assert redact(SECRET) != SECRET
 ahead = prestart.prestart(marker=7, target=target)
 time.sleep(0.3)  # it waits: nothing of the task ran
 ran_early = os.path.exists(OUT)
@@ -112,6 +119,7 @@ def test_the_supervisor_takes_the_child_forked_ahead_and_sees_it_end(tmp_path):
     assert got["exit"] == 0
     assert got["seconds"] < 5.0, got  # it learnt of the end (a child end left open: it would wait forever)
     assert got["task"]["probe"] == "set after the fork"  # the environment of the spare at the start
+    assert got["task"]["knows_secret"] is False  # what the spare masked for an earlier task is not its
     if got["group"]:  # 3.3: a process group of its own, as start()'s child makes
         assert got["task"]["pgid"] == got["task"]["pid"]
     else:  # 3.1, 3.2: the supervisor's group
