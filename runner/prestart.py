@@ -268,19 +268,27 @@ def _substituted(offer: Prestarted) -> Iterator[None]:
         offer.handed.append(pair)
         return pair
 
+    def let_go(pid: int) -> int:
+        # In the supervisor: its copy of the child's end of the requests channel. start() leaves its
+        # own to the garbage collector, yet this module still refers to it, and while it is open the
+        # supervisor never reads EOF there, so it would wait for its task forever.
+        if pid and len(offer.handed) > 2:
+            offer.handed[2][0].close()
+        offer.pairs, offer.handed = [], []
+        return pid
+
     def fork() -> int:
         os.fork = real_fork
         if waiting or len(offer.handed) != 4:  # start() asked otherwise than it did when mirrored
             discard(offer)
-            return real_fork()
-        _send_start(offer)
-        # The parent's copy of the child's end of the requests channel: start() leaves its own to
-        # the garbage collector, yet this module still refers to it, and while it is open the
-        # supervisor never reads EOF there, so it would wait for the task forever.
-        offer.handed[2][0].close()
-        offer.pairs, offer.handed = [], []
+            return let_go(real_fork())
+        try:
+            _send_start(offer)
+        except OSError:  # it died since offered() looked (EPIPE): this task gets a fork of its own
+            discard(offer)
+            return let_go(real_fork())
         log.info("Task process forked ahead of its task (rtx prestart)", pid=offer.pid)
-        return offer.pid
+        return let_go(offer.pid)
 
     supervisor.socketpair = socketpair
     os.fork = fork

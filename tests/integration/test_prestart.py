@@ -79,6 +79,15 @@ for case, usable, marker in (("callback", False, 7), ("parsed since", True, 8)):
         proc, seconds = supervise()
     out[case] = {"ahead": ahead, "ahead_alive": psutil.pid_exists(ahead) and psutil.Process(ahead).status() != "zombie",
                  "started": proc.pid, "exit": proc._exit_code, "task": task()}
+# it dies after offered() saw it alive (the OOM killer, say): the start message finds no reader
+ahead = prestart.prestart(marker=7, target=target)
+os.kill(ahead, signal.SIGKILL)
+time.sleep(0.2)
+alive, prestart._alive = prestart._alive, lambda held: True
+with prestart.offered(True, marker=7):
+    proc, seconds = supervise()
+prestart._alive = alive
+out["died since"] = {"ahead": ahead, "started": proc.pid, "exit": proc._exit_code, "task": task()}
 # another target than the one it was forked for: start() forks its own
 ahead = prestart.prestart(marker=7, target=target)
 def other():
@@ -129,7 +138,7 @@ def test_the_supervisor_takes_the_child_forked_ahead_and_sees_it_end(tmp_path):
 
 def test_a_child_forked_ahead_that_does_not_fit_is_discarded_and_start_forks(tmp_path):
     got = _run(NOT_USABLE, tmp_path)
-    for case in ("callback", "parsed since", "other target"):
+    for case in ("callback", "parsed since", "died since", "other target"):
         c = got[case]
         assert c["started"] != c["ahead"], (case, c)  # start() forked a new child for this task
         assert c["task"]["pid"] == c["started"] and c["exit"] == 0, (case, c)
