@@ -83,6 +83,7 @@ class Prestarted:
 _held: Prestarted | None = None  # the spare's waiting child
 _offer: Prestarted | None = None  # the child the next start() may take
 _original_start: Callable[..., Any] | None = None
+_own_process_group = False  # 3.3's start() puts the task in a process group of its own; 3.1, 3.2 do not
 
 
 def supported() -> bool:
@@ -101,12 +102,13 @@ def supported() -> bool:
 def install() -> bool:
     """Make ``WatchedSubprocess.start`` take an offered child (once per process; False where the
     installed Airflow's start() is not the one this mirrors, or when turned off)."""
-    global _original_start
+    global _original_start, _own_process_group
     if _original_start is not None:
         return True
     if os.environ.get("RTX_TASK_PRESTART", "1") == "0" or not supported() or not hasattr(os, "fork"):
         return False
     _original_start = supervisor.WatchedSubprocess.__dict__["start"].__func__
+    _own_process_group = "new_process_group" in inspect.signature(_original_start).parameters
 
     @functools.wraps(_original_start)
     def start(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -128,13 +130,6 @@ def install() -> bool:
     return True
 
 
-def _takes_process_group() -> bool:
-    """Whether ActivitySubprocess puts its task in a process group of its own (3.3: the child's
-    setpgid in start()); 3.1 and 3.2 leave it in the supervisor's."""
-    assert _original_start is not None
-    return "new_process_group" in inspect.signature(_original_start).parameters
-
-
 def _cgroup() -> bytes:
     try:
         with open("/proc/self/cgroup", "rb") as f:
@@ -153,7 +148,7 @@ def prestart(marker: Any = None, target: Callable[[], None] | None = None) -> in
     if not _forget_masked_secrets():
         return None
     target = target or supervisor._subprocess_main
-    group = _takes_process_group()
+    group = _own_process_group
     pairs: list[Pair] = []
     go_r = go_w = -1
     try:

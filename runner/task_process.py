@@ -196,8 +196,7 @@ def _cache_generation() -> int | None:
 
 def between_tasks() -> None:
     """Called by a spare that reported a task and waits for another (runner.task_entry)."""
-    with contextlib.suppress(Exception):  # e.g. fork failed (EAGAIN): the next task forks as always
-        prestart.prestart(marker=_cache_generation())
+    prestart.prestart(marker=_cache_generation())  # raising (e.g. EAGAIN): task_entry carries on
 
 
 def retire() -> None:
