@@ -196,9 +196,6 @@ def _cache_generation() -> int | None:
     return DAG_CACHE.generation if DAG_CACHE is not None else None
 
 
-_server: str | None = None  # the Execution API's URL the last task was given (for _copy_setup_pages)
-
-
 def between_tasks() -> None:
     """Called by a spare that reported a task and waits for another (runner.task_entry)."""
     # raising (e.g. EAGAIN): task_entry carries on, and the next task forks as always
@@ -220,7 +217,7 @@ def _copy_setup_pages() -> None:
     from airflow.sdk.execution_time import supervisor
 
     def client() -> None:
-        Client(base_url=_server or "http://localhost", token="").close()
+        Client(base_url="http://localhost", token="").close()  # the same code whatever the URL
 
     def task_log() -> None:
         import structlog
@@ -242,8 +239,6 @@ def retire() -> None:
 
 
 def run(workload_json: str, env: dict[str, str], server: str | None, proctitle: str) -> None:
-    global _server
-    _server = server
     workload = _WORKLOAD.validate_json(workload_json)
     task = is_task(workload)
     if DAG_CACHE is not None and task_entry.more_tasks_follow and task:

@@ -113,12 +113,12 @@ import resource, statistics
 from runner import task_process
 from airflow.sdk.api.client import Client
 from airflow.sdk.execution_time import supervisor
-task_process._server = "http://127.0.0.1:9/execution/"
+SERVER = "http://127.0.0.1:9/execution/"
 
 def setup(i):
     # the next task's supervisor set-up, as supervise_task does it (no request is sent)
     began = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    client = Client(base_url=task_process._server, token="token")  # as supervise() makes it (3.1-3.3)
+    client = Client(base_url=SERVER, token="token")  # as supervise() makes it (3.1-3.3)
     _, log_file = supervisor._configure_logging(os.path.join(os.path.dirname(OUT), f"{i}.log"), client)
     supervisor.ensure_secrets_backend_loaded()
     log_file.close()
