@@ -464,7 +464,10 @@ def test_a_host_whose_clock_is_far_off_keeps_its_lease(hosts, tmp_path):
             r[0]
             for r in query(
                 hosts.url,
-                "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM runtime_executor.runners"
+                # clock_timestamp(), not now(): a renewal that commits between this statement's
+                # start (now()) and its snapshot would read as more than a lease ahead
+                "SELECT extract(epoch FROM lease_expires_at - clock_timestamp())::float8"
+                " FROM runtime_executor.runners"
                 " WHERE id = ANY(%(ids)s::uuid[])",
                 {"ids": list(ids.values())},
             )
