@@ -210,8 +210,8 @@ def _copy_setup_pages() -> None:
     task's supervisor set-up (its API client, the task log's processors, the secrets backends)
     writes some 550 of them (reference counts, allocator pools), each a copy-on-write fault (~3 us
     here) on that task's path to its start. Done now, while the spare waits, the same writes copy
-    those pages before the task comes (chain_20 queued -> start p50 20.5 -> 17.5 ms, see
-    docs/performance.md). Nothing here sends a request or opens a file; a step that fails is
+    those pages before the task comes (chain_20: the spare's stage from its workload to the API's
+    start 5.7 -> 4.8 ms p50; idle spares waiting with a child hold those pages; docs/performance.md). Nothing here sends a request or opens a file; a step that fails is
     skipped (the task does it for real)."""
     from airflow.sdk.api.client import Client
     from airflow.sdk.execution_time import supervisor
