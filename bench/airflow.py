@@ -267,7 +267,7 @@ class Deployment:
 
     # -- measuring -----------------------------------------------------------------------------
     def cpu(self) -> dict[str, float]:
-        out: dict[str, float] = {"postgres": self._postgres_cpu()}
+        out: dict[str, float] = {}
         for comp in self.components:
             own, under = _tree_cpu(psutil.Process(comp.proc.pid))
             if comp.task_side:
@@ -278,14 +278,14 @@ class Deployment:
                 out[comp.name] = out.get(comp.name, 0.0) + own + under
         return out
 
-    def _postgres_cpu(self) -> float:
-        """CPU-seconds of the Postgres backends serving this deployment's database (those alive now)."""
-        total = 0.0
+    def postgres_cpu(self) -> dict[int, float]:
+        """CPU-seconds of each Postgres backend serving this deployment's database (those alive now)."""
+        out: dict[int, float] = {}
         for (pid,) in self.sql("select pid from pg_stat_activity where datname = current_database()"):
             with contextlib.suppress(psutil.Error):
                 t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system
-        return total
+                out[pid] = t.user + t.system
+        return out
 
     def task_side_pss_mb(self) -> float:
         total = 0.0
@@ -304,7 +304,7 @@ class Deployment:
 
     def run(self, workload: str, timeout: float = 900) -> dict:
         dag_id = WORKLOADS[workload]
-        cpu_before = self.cpu()
+        cpu_before, pg_before = self.cpu(), self.postgres_cpu()
         host_before = psutil.cpu_times()
         wall_before = time.time()
         profilers = self._start_profilers(workload)
@@ -329,7 +329,7 @@ class Deployment:
             time.sleep(0.25)
         wall_after = time.time()
         host_after = psutil.cpu_times()
-        cpu_after = self.cpu()
+        cpu_after, pg_after = self.cpu(), self.postgres_cpu()
         self._stop_profilers(profilers)
         tis = self.sql(
             "select extract(epoch from queued_dttm - scheduled_dttm), extract(epoch from start_date - queued_dttm),"
@@ -342,6 +342,9 @@ class Deployment:
         )[0]
         n = len(tis)
         cpu = {k: round(cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0), 2) for k in cpu_after}
+        # per backend: one that ended during the run takes its CPU with it (a sum over the backends
+        # alive at each end went negative when it did); what it spent is not counted
+        cpu["postgres"] = round(sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items()), 2)
         api = self._api_requests(wall_before, wall_after)
 
         def pct(values: list, p: float) -> float | None:
