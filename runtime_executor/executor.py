@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 RECONCILE_EVERY = 60.0
+# slots_occupied reads outcomes too, at most this often: the scheduler reads it once or twice a loop
+OUTCOMES_FRESH_S = 0.1
 DAG_VERSIONS_CACHED = 256  # DAG versions whose tasks' ``resources=`` the shim keeps in memory
 OUTAGE_PROBE_FIRST = 0.5  # s after rtx's database became unreachable, then doubling ...
 OUTAGE_PROBE_MAX = 15.0  # ... up to this: the longest a recovered database goes unnoticed
@@ -133,6 +135,7 @@ class RuntimeExecutor(BaseExecutor):
         self._allocation_ids: dict[Any, str] = {}
         self._dag_resources: dict[str, dict[str, Any]] = {}  # dag_version_id -> {task_id: resources}
         self._last_reconcile = time.monotonic()
+        self._outcomes_read_at = 0.0  # monotonic time of the last read of outcomes (sync or slots_occupied)
         self._stats = ExecutorStats(self.log)
         self._gate = _OutageGate(self._probe, self.log)
         self._held_rows: dict[Any, dict[str, Any]] = {}  # workloads waiting for rtx's database
@@ -204,7 +207,15 @@ class RuntimeExecutor(BaseExecutor):
         has seen the finish. LocalExecutor does the same with its queue to a fixed pool of workers.
         Off by default (0): a task waiting there is QUEUED in Airflow, and one that waits longer than
         ``[scheduler] task_queued_timeout`` (behind tasks that run longer) is revoked and requeued.
-        (BaseExecutor.heartbeat's ``open_slots`` metric still counts all of them.)"""
+        (BaseExecutor.heartbeat's ``open_slots`` metric still counts all of them.)
+
+        Outcomes are read here as well as in ``sync()``: the scheduler asks this right before it
+        queues (its critical section), which comes before the executor heartbeat in its loop, so a
+        task that finished since the last heartbeat would hold its slot for one more loop (the
+        loop's scheduling of every DAG run: 0.2-0.5 s under a burst, docs/performance.md). Only once
+        started (the api-server's executors never query) and at most every ``OUTCOMES_FRESH_S``."""
+        if self._db is not None and time.monotonic() - self._outcomes_read_at >= OUTCOMES_FRESH_S:
+            self._take_outcomes()
         return max(0, super().slots_occupied - self._queue_ahead())
 
     @property
@@ -426,6 +437,15 @@ class RuntimeExecutor(BaseExecutor):
         if self._gate.down:
             return  # no wait on an unreachable database; outcomes stay owed in it until it is back
         self._flush_cancels()
+        self._take_outcomes()
+        self._emit_gauges()
+
+    def _take_outcomes(self) -> None:
+        """Read the outcomes owed, deliver them, mark those delivered (the invariant in ``sync``).
+        Never raises; does nothing while the outage gate is down."""
+        if self._gate.down:
+            return
+        self._outcomes_read_at = time.monotonic()
 
         def read(gw: Gateway) -> list[dict]:
             rows = gw.unreported_outcomes(self.job_id)
@@ -451,7 +471,6 @@ class RuntimeExecutor(BaseExecutor):
                 )
             else:
                 self._stats.completions(marked)  # counted once: only rows this call marked
-        self._emit_gauges()
 
     def _deliver(self, row: dict) -> bool:
         """Push one state change to the event buffer; False (not to be marked) if that failed."""

@@ -807,3 +807,46 @@ def test_the_scheduler_may_queue_ahead_and_each_row_carries_the_parallelism(
         assert executor.slots_occupied == max(0, in_flight - ahead)
         assert executor.slots_available == 3 - max(0, in_flight - ahead)
     assert {r["max_running"] for r in rtx.rows("SELECT max_running FROM {schema}.allocations")} == {3}
+
+
+def test_slots_occupied_frees_the_slot_of_a_task_finished_since_the_last_sync(
+    make_executor, engine, rtx_db, rtx, monkeypatch
+):
+    """The scheduler reads slots_occupied right before it queues, a loop before its next heartbeat:
+    an outcome written since the last sync() frees its slot there, is delivered once, and is not
+    delivered again by the sync() that follows; reads closer together than OUTCOMES_FRESH_S query
+    nothing."""
+    import runtime_executor.executor as executor_module
+
+    executor = make_executor(parallelism=4)
+    first = _finished_task(executor, engine, rtx_db, task_id="first")
+    still_running = task_workload(task_id="running", executor_config=RUNTIME)
+    queue_in_session(executor, engine, still_running)
+    assert len(executor.running) == 2
+
+    assert executor.slots_occupied == 1  # no sync(): the finished task's slot is free already
+    assert first.ti.key not in executor.running and still_running.ti.key in executor.running
+    events = _events(executor)
+    assert list(events) == [first.ti.key] and events[first.ti.key][0] == TaskInstanceState.SUCCESS
+    assert rtx.allocation(first.ti.external_executor_id)["reported_state"] == "succeeded"
+    executor.sync()
+    assert _events(executor) == {}  # delivered once
+
+    monkeypatch.setattr(executor_module, "OUTCOMES_FRESH_S", 3600.0)
+    second = _finished_task(executor, engine, rtx_db, task_id="second")
+    executor.slots_occupied  # noqa: B018 - a read: outcomes were read less than OUTCOMES_FRESH_S ago
+    assert second.ti.key in executor.running
+    executor.sync()  # the heartbeat's read is not rate-limited
+    assert list(_events(executor)) == [second.ti.key]
+    assert second.ti.key not in executor.running
+
+
+def test_slots_occupied_of_an_executor_never_started_touches_no_database(make_executor, monkeypatch):
+    """The api-server builds executors too and never starts them: slots_occupied stays arithmetic."""
+    url = sqlalchemy_url(UNREACHABLE_URL)
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", url)
+    executor = make_executor(start=False, parallelism=4)
+    started = time.monotonic()
+    assert executor.slots_occupied == 0 and executor.slots_available == 4
+    assert time.monotonic() - started < 0.5  # no connection attempt (the unreachable URL would wait)
+    assert executor._db is None
