@@ -846,7 +846,5 @@ def test_slots_occupied_of_an_executor_never_started_touches_no_database(make_ex
     url = sqlalchemy_url(UNREACHABLE_URL)
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", url)
     executor = make_executor(start=False, parallelism=4)
-    started = time.monotonic()
     assert executor.slots_occupied == 0 and executor.slots_available == 4
-    assert time.monotonic() - started < 0.5  # no connection attempt (the unreachable URL would wait)
-    assert executor._db is None
+    assert executor._db is None  # no connection made (a read of outcomes would have opened one)
